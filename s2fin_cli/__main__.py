@@ -1,0 +1,3 @@
+from s2fin_cli.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The ``s2fin`` command line: one module per command, shared options in :mod:`.options`."""

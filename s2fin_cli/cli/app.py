@@ -1,0 +1,112 @@
+"""The Typer application, its global options, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from s2fin_cli import __version__, console
+from s2fin_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, S2finError
+
+class _S2finGroup(TyperGroup):
+    """Turns user errors into one line on stderr and a distinct exit code, never a traceback.
+
+    Done here rather than around ``app()`` so the console script and Typer's test runner behave
+    the same. Anything that is not an :class:`S2finError` is a bug: exit code 1, with the
+    traceback only at ``-vv``.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except S2finError as exc:
+            console.error_line(str(exc))
+            raise click.exceptions.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            console.error_line("interrupted; no partial output was left")
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            if console.verbosity() >= 2:
+                console.stderr.print_exception()
+            console.error_line(f"internal error: {type(exc).__name__}: {exc} (rerun with -vv "
+                               "for a traceback, and please report it)")
+            raise click.exceptions.Exit(EXIT_INTERNAL) from None
+
+
+app = typer.Typer(
+    cls=_S2finGroup,
+    name="s2fin",
+    help="Land-cover maps from co-registered hyperspectral and LiDAR/SAR rasters with S²Fin.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def version_text() -> str:
+    """s2fin's version and the versions of the engines it runs on."""
+    import rasterio
+    import torch
+
+    cuda = torch.cuda.is_available()
+    cuda_text = f"available ({torch.cuda.get_device_name(0)})" if cuda else "not available"
+    try:
+        from osgeo import gdal
+
+        osgeo_text = gdal.__version__
+    except ImportError:
+        osgeo_text = "not installed (optional: category names / RAT, Shapefile labels)"
+    return (
+        f"s2fin {__version__}\n"
+        f"torch {torch.__version__}, CUDA {cuda_text}\n"
+        f"rasterio {rasterio.__version__}, GDAL {rasterio.__gdal_version__} (rasterio's)\n"
+        f"osgeo.gdal {osgeo_text}"
+    )
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        console.stdout.print(version_text(), markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More messages (-vv: debug).")] = 0,
+    quiet: Annotated[int, typer.Option("--quiet", "-q", count=True, help="Errors only.")] = 0,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True,
+                     help="Show versions of s2fin, torch (and CUDA), rasterio and GDAL."),
+    ] = False,
+) -> None:
+    """Land-cover maps from co-registered hyperspectral and LiDAR/SAR rasters with S²Fin."""
+    console.set_verbosity(verbose - quiet)
+
+
+def _register_commands() -> None:
+    # Imported here so each command module can import `app`-free helpers without cycles.
+    # One module per command; each exposes one function named after the command.
+    import importlib
+
+    for name in _COMMANDS:
+        module = importlib.import_module(f"s2fin_cli.cli.{name}_cmd")
+        app.command(name)(getattr(module, name))
+
+
+# The commands in the order `s2fin --help` lists them.
+_COMMANDS: tuple[str, ...] = ()
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="s2fin")

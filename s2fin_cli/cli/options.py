@@ -1,0 +1,42 @@
+"""Options shared by several commands, declared once so they read the same everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Overwrite = Annotated[
+    bool, typer.Option("--overwrite", help="Replace existing outputs (refused otherwise).")
+]
+JsonOutput = Annotated[
+    bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")
+]
+Device = Annotated[
+    str,
+    typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N."),
+]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")]
+CreationOptions = Annotated[
+    list[str] | None,
+    typer.Option("--co", help="GDAL creation option KEY=VALUE for written rasters; repeatable."),
+]
+HsiPath = Annotated[
+    Path | None,
+    typer.Option("--hsi", help="Optical raster (hyperspectral or multispectral); its grid is the "
+                 "reference.", dir_okay=False),
+]
+LidarPath = Annotated[
+    Path | None,
+    typer.Option("--lidar", help="LiDAR raster (DSM, optionally more bands such as intensity).",
+                 dir_okay=False),
+]
+SarPath = Annotated[
+    Path | None, typer.Option("--sar", help="SAR raster (one or more bands).", dir_okay=False)
+]
+LabelField = Annotated[
+    str | None,
+    typer.Option("--label-field", help="Attribute holding the class of vector labels (integer "
+                 "ids, or names that become ids 1..N)."),
+]

@@ -1,0 +1,1 @@
+"""Raster and vector I/O: every file s2fin reads or writes goes through this package."""
