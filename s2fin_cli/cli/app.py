@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import click
 import typer
+from typer import TyperException
 from typer.core import TyperGroup
 
 from s2fin_cli import __version__, console
@@ -19,23 +19,23 @@ class _S2finGroup(TyperGroup):
     traceback only at ``-vv``.
     """
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except S2finError as exc:
             console.error_line(str(exc))
-            raise click.exceptions.Exit(exc.exit_code) from None
+            raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             console.error_line("interrupted; no partial output was left")
-            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
-            raise
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except (TyperException, typer.Exit, typer.Abort):
+            raise  # Typer's own usage errors and exits keep their messages and codes
         except Exception as exc:
             if console.verbosity() >= 2:
                 console.stderr.print_exception()
             console.error_line(f"internal error: {type(exc).__name__}: {exc} (rerun with -vv "
                                "for a traceback, and please report it)")
-            raise click.exceptions.Exit(EXIT_INTERNAL) from None
+            raise typer.Exit(EXIT_INTERNAL) from None
 
 
 app = typer.Typer(
@@ -101,7 +101,7 @@ def _register_commands() -> None:
 
 
 # The commands in the order `s2fin --help` lists them.
-_COMMANDS: tuple[str, ...] = ()
+_COMMANDS: tuple[str, ...] = ("inspect", "stack")
 
 
 _register_commands()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,6 +27,10 @@ from s2fin_cli.io.grid import Grid
 
 # Sidecars GDAL may create next to a raster (PAM statistics, category names, overviews).
 _SIDECAR_SUFFIXES = (".aux.xml", ".ovr", ".msk")
+
+# Dataset tag holding the class table (JSON) of a class raster, so labels and maps carry their
+# class names and colours with them (read back by s2fin_cli.io.labels).
+CLASSES_TAG = "S2FIN_CLASSES"
 
 DEFAULT_CREATION_OPTIONS: dict[str, str] = {
     "TILED": "YES",
@@ -173,8 +178,11 @@ def write_raster(
             if band_descriptions is not None:
                 for i, desc in enumerate(band_descriptions, start=1):
                     dst.set_band_description(i, desc)
-            if tags:
-                dst.update_tags(**tags)
+            all_tags = dict(tags or {})
+            if classes is not None:
+                all_tags[CLASSES_TAG] = json.dumps(classes.to_json())
+            if all_tags:
+                dst.update_tags(**all_tags)
             for i, btags in enumerate(band_tags or (), start=1):
                 dst.update_tags(i, **btags)
             if classes is not None:
