@@ -26,6 +26,7 @@ from rasterio.enums import Resampling
 from rasterio.features import rasterize
 from rasterio.warp import transform_geom
 from rasterio.windows import Window
+from rasterio.windows import bounds as window_bounds
 from rasterio.windows import transform as window_transform
 
 from s2fin_cli import console
@@ -185,10 +186,9 @@ class VectorLabels(LabelSource):
         height, width = int(window.height), int(window.width)
         transform = window_transform(window, self.grid.transform)
         # Skip geometries far from the block: rasterize cost follows the block, not the file.
-        west, north = transform * (0, 0)
-        east, south = transform * (width, height)
-        x0, x1 = sorted((west, east))
-        y0, y1 = sorted((south, north))
+        x0, y0, x1, y1 = window_bounds(window, self.grid.transform)
+        x0, x1 = sorted((x0, x1))
+        y0, y1 = sorted((y0, y1))
         near = [s for s, (bx0, by0, bx1, by1) in zip(self._shapes, self._bounds, strict=True)
                 if bx1 >= x0 and bx0 <= x1 and by1 >= y0 and by0 <= y1]
         if not near:
