@@ -11,6 +11,7 @@ from typer.core import TyperGroup
 from s2fin_cli import __version__, console
 from s2fin_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, S2finError
 
+
 class _S2finGroup(TyperGroup):
     """Turns user errors into one line on stderr and a distinct exit code, never a traceback.
 
@@ -78,7 +79,9 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More messages (-vv: debug).")] = 0,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="More messages (-vv: debug).")
+    ] = 0,
     quiet: Annotated[int, typer.Option("--quiet", "-q", count=True, help="Errors only.")] = 0,
     version: Annotated[
         bool,

@@ -17,7 +17,9 @@ Device = Annotated[
     str,
     typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N."),
 ]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")]
+Seed = Annotated[
+    int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")
+]
 CreationOptions = Annotated[
     list[str] | None,
     typer.Option("--co", help="GDAL creation option KEY=VALUE for written rasters; repeatable."),

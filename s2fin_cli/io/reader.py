@@ -351,7 +351,7 @@ def stacked_layout(dataset: Any, aux_bands: int | None = None) -> tuple[int, int
         n_aux = a_last - a_first + 1
         if aux_bands is not None and aux_bands != n_aux:
             raise InputError(f"{dataset.name} records {n_aux} auxiliary bands, not {aux_bands}")
-        return o_last, n_aux, kind if kind in AUX_KINDS else None  # type: ignore[return-value]
+        return o_last, n_aux, kind if kind in AUX_KINDS else None
     if aux_bands is None:
         raise InputError(
             f"{dataset.name} is not a stacked scene written by s2fin stack (no band tags)",
@@ -398,7 +398,7 @@ def open_scene_from_options(
     *,
     aux_bands: int | None = None,
 ) -> Scene:
-    """The one place the CLI's scene options (stacked SCENE, or --hsi with --lidar/--sar) resolve."""
+    """Resolve the CLI's scene options: a stacked SCENE, or --hsi with --lidar/--sar."""
     from s2fin_cli.errors import ConfigError
 
     if lidar is not None and sar is not None:

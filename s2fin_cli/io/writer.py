@@ -100,7 +100,7 @@ def atomic_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> I
 
 def _as_output_error(exc: BaseException, path: Path) -> OutputError:
     text = str(exc)
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in text:
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in text:
         return OutputError(f"disk full while writing {path}", hint="free space or write elsewhere")
     if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
         return OutputError(f"permission denied writing {path}")
@@ -113,7 +113,8 @@ def parse_creation_options(pairs: Sequence[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise OutputError(f"creation option {pair!r} is not KEY=VALUE", hint="e.g. --co ZLEVEL=9")
+            raise OutputError(f"creation option {pair!r} is not KEY=VALUE",
+                              hint="e.g. --co ZLEVEL=9")
         out[key.strip().upper()] = value.strip()
     return out
 

@@ -84,7 +84,9 @@ def test_blockwise_read_equals_whole_read(tmp_path: Path) -> None:
     np.testing.assert_array_equal(whole[points.rows, points.cols], points.classes)
 
 
-def test_invalid_geometry_is_repaired_with_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_invalid_geometry_is_repaired_with_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     grid = utm_grid()
     path = _geojson(grid, tmp_path / "labels.geojson", wgs84=False, string_field=False,
                     invalid=True)

@@ -169,7 +169,7 @@ def test_missing_and_non_raster_inputs(tmp_path: Path, grid: Grid) -> None:
 
 @pytest.mark.parametrize("suffix", [".tif", ".vrt"])
 def test_stacked_scene_reads_like_the_pair(tmp_path: Path, grid: Grid, suffix: str) -> None:
-    hsi_path, dsm_path, hsi, dsm = _write_pair(tmp_path, grid)
+    hsi_path, dsm_path, _, _ = _write_pair(tmp_path, grid)
     with open_scene(hsi_path, dsm_path, "lidar") as scene:
         out = write_stack(scene, tmp_path / f"scene{suffix}")
     with open_stacked_scene(out) as stacked:
