@@ -1,0 +1,266 @@
+"""The model file: one safetensors file whose JSON metadata makes it self-describing.
+
+Layout (format version 1):
+
+- tensors ``model.*``: the network's state dict; ``preprocessing.*``: normalisation and PCA.
+- metadata ``format`` = ``s2fin-model``, ``format_version``, ``s2fin`` (a JSON document: network
+  config, patch geometry, per-modality band counts/names/nodata, class table, provenance,
+  metrics) and ``checksum`` (SHA-256 over that JSON and every tensor's name, dtype, shape and
+  bytes), so a file modified after s2fin wrote it is refused.
+
+Loading parses the safetensors header and raw tensor bytes only: no pickle, no code execution,
+whatever the file holds. Everything in the metadata is validated before a network is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from models import S2Fin, S2FinConfig, parameter_table
+from s2fin_cli.classes import ClassTable
+from s2fin_cli.errors import CompatibilityError, InputError, ModelFileError
+from s2fin_cli.io.reader import Scene
+from s2fin_cli.io.writer import atomic_output
+from s2fin_cli.patches import PatchGeometry
+from s2fin_cli.preprocessing import Preprocessor
+
+FORMAT_NAME = "s2fin-model"
+FORMAT_VERSION = 1
+DEFAULT_MODEL_PATH = Path("model.s2fin")
+_MODEL_PREFIX = "model."
+_PRE_PREFIX = "preprocessing."
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """What the model expects of one input modality."""
+
+    kind: str  # "optical", "lidar" or "sar"
+    bands: int
+    band_names: tuple[str, ...]
+    nodata: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "bands": self.bands, "band_names": list(self.band_names),
+                "nodata": self.nodata}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ModalitySpec:
+        if not isinstance(data, dict):
+            raise ValueError("modality must be an object")
+        kind, bands, names = data.get("kind"), data.get("bands"), data.get("band_names")
+        nodata = data.get("nodata")
+        if kind not in ("optical", "lidar", "sar") or not isinstance(bands, int) or bands < 1:
+            raise ValueError(f"bad modality {data!r}")
+        if not isinstance(names, list) or len(names) != bands or not all(
+                isinstance(n, str) for n in names):
+            raise ValueError(f"bad band names for modality {kind}")
+        if nodata is not None and not isinstance(nodata, int | float):
+            raise ValueError(f"bad nodata for modality {kind}")
+        return cls(kind, bands, tuple(names), None if nodata is None else float(nodata))
+
+
+@dataclass
+class ModelBundle:
+    """Everything needed to classify a scene: network, preprocessing, classes, provenance."""
+
+    config: S2FinConfig
+    state_dict: dict[str, Tensor]
+    preprocessor: Preprocessor
+    classes: ClassTable  # output index i is classes.classes[i]
+    optical: ModalitySpec
+    aux: ModalitySpec
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def geometry(self) -> PatchGeometry:
+        return PatchGeometry(self.config.patch_size, self.config.spectral_window)
+
+    def build_model(self, device: torch.device | str = "cpu") -> S2Fin:
+        """The network with its trained weights, in eval mode, on ``device``."""
+        model = S2Fin(self.config)
+        model.load_state_dict(self.state_dict, strict=True)
+        return model.to(device).eval()
+
+    def check_scene(self, scene: Scene) -> None:
+        """Refuse a scene whose modalities do not match what the model was trained on."""
+        if scene.optical.count != self.optical.bands:
+            raise CompatibilityError(
+                f"the model expects {self.optical.bands} optical bands and the scene has "
+                f"{scene.optical.count}", hint="use a scene from the sensor the model was "
+                "trained on, or retrain")
+        if scene.aux_kind != self.aux.kind:
+            raise CompatibilityError(f"the model was trained with {self.aux.kind} and the scene "
+                                     f"gives {scene.aux_kind}",
+                                     hint=f"pass the auxiliary raster as --{self.aux.kind}")
+        if scene.aux.count != self.aux.bands:
+            raise CompatibilityError(
+                f"the model expects {self.aux.bands} {self.aux.kind} band(s) and the scene has "
+                f"{scene.aux.count}")
+
+    def metadata_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "architecture": self.config.to_dict(),
+            "patch": {"patch_size": self.config.patch_size,
+                      "spectral_window": self.config.spectral_window},
+            "modalities": {"optical": self.optical.to_json(), "aux": self.aux.to_json()},
+            "classes": self.classes.to_json(),
+            "preprocessing": {
+                "reduced_bands": self.preprocessor.reduced_bands,
+                "pca_explained_variance": [round(float(v), 6)
+                                           for v in self.preprocessor.pca_explained],
+            },
+            "provenance": self.provenance,
+            "metrics": self.metrics,
+        }
+
+
+def _tensors(bundle: ModelBundle) -> dict[str, Tensor]:
+    tensors = {_MODEL_PREFIX + k: v.detach().to("cpu").contiguous()
+               for k, v in bundle.state_dict.items()}
+    tensors.update({_PRE_PREFIX + k: v for k, v in bundle.preprocessor.tensors().items()})
+    return tensors
+
+
+def _checksum(document: str, tensors: dict[str, Tensor]) -> str:
+    digest = hashlib.sha256(document.encode("utf-8"))
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        # Raw bytes through a uint8 view: works for every dtype, bfloat16 included.
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_model_file(path: str | os.PathLike[str], bundle: ModelBundle, *,
+                    overwrite: bool = False) -> Path:
+    """Write ``bundle`` atomically to ``path``."""
+    tensors = _tensors(bundle)
+    document = json.dumps(bundle.metadata_json(), sort_keys=True, allow_nan=False)
+    metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "s2fin": document,
+                "checksum": _checksum(document, tensors)}
+    final = Path(path)
+    with atomic_output(final, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return final
+
+
+def _read_raw(path: Path) -> tuple[dict[str, str], dict[str, Tensor]]:
+    if not path.exists():
+        raise InputError(f"model file {path} does not exist",
+                         hint="train one with s2fin train, or pass -m PATH")
+    if path.is_dir():
+        raise InputError(f"model file {path} is a directory")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            if metadata.get("format") != FORMAT_NAME:
+                raise ModelFileError(f"{path.name} is a safetensors file without s2fin metadata",
+                                     hint="only files written by s2fin train can be loaded")
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    except SafetensorError as exc:
+        raise ModelFileError(f"{path.name} is not an s2fin model file (not readable as "
+                             f"safetensors: {str(exc).splitlines()[0]})",
+                             hint="is it truncated, or a pickle/.pt file? those are never "
+                             "loaded") from None
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"{path.name} cannot be read as an s2fin model file: "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                             ) from None
+    return metadata, tensors
+
+
+def load_model_file(path: str | os.PathLike[str]) -> ModelBundle:
+    """Read and validate a model file; every problem is a one-line :class:`ModelFileError`."""
+    p = Path(path)
+    metadata, tensors = _read_raw(p)
+    version_text = metadata.get("format_version", "")
+    if not version_text.isdigit():
+        raise ModelFileError(f"{p.name} has no valid format version")
+    if int(version_text) > FORMAT_VERSION:
+        raise ModelFileError(f"{p.name} uses model format {version_text}, newer than this s2fin "
+                             f"reads ({FORMAT_VERSION})", hint="upgrade s2fin")
+    document = metadata.get("s2fin", "")
+    if _checksum(document, tensors) != metadata.get("checksum"):
+        raise ModelFileError(f"{p.name} fails its checksum: it was modified after s2fin wrote it",
+                             hint="use the original file or retrain")
+    try:
+        meta = json.loads(document)
+        config = S2FinConfig.from_dict(meta["architecture"])
+        classes = ClassTable.from_json(meta["classes"])
+        optical = ModalitySpec.from_json(meta["modalities"]["optical"])
+        aux = ModalitySpec.from_json(meta["modalities"]["aux"])
+        pre = Preprocessor.from_tensors(
+            {k[len(_PRE_PREFIX):]: v for k, v in tensors.items() if k.startswith(_PRE_PREFIX)})
+        provenance = meta.get("provenance", {})
+        metrics = meta.get("metrics", {})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelFileError(f"{p.name} has invalid s2fin metadata: {exc}") from None
+    problems = []
+    if len(classes) != config.num_classes:
+        problems.append(f"{len(classes)} classes for {config.num_classes} outputs")
+    if optical.bands != config.bands or pre.bands != config.bands:
+        problems.append("optical band counts disagree")
+    if aux.bands != config.active_bands or pre.aux_bands != config.active_bands:
+        problems.append("auxiliary band counts disagree")
+    if pre.reduced_bands != config.reduced_bands:
+        problems.append("PCA size disagrees with the network")
+    if problems:
+        raise ModelFileError(f"{p.name} is inconsistent: {'; '.join(problems)}")
+    state = {k[len(_MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(_MODEL_PREFIX)}
+    bundle = ModelBundle(config, state, pre, classes, optical, aux, provenance, metrics)
+    try:
+        bundle.build_model("cpu")
+    except RuntimeError as exc:
+        raise ModelFileError(f"{p.name}: weights do not fit the network it describes "
+                             f"({str(exc).splitlines()[0]})") from None
+    return bundle
+
+
+def describe_model_file(path: Path) -> dict[str, Any]:
+    """What ``s2fin inspect model.s2fin`` shows."""
+    bundle = load_model_file(path)
+    model = S2Fin(bundle.config)
+    table = parameter_table(model)
+    cfg = bundle.config
+    switches = [n for n in ("hfset", "afcm", "ssaf", "hfrm", "long_range")
+                if not getattr(cfg, f"use_{n}")]
+    summary = {
+        "inputs": f"{bundle.optical.bands} optical bands (PCA to {cfg.reduced_bands}) + "
+                  f"{bundle.aux.bands} {bundle.aux.kind} band(s)",
+        "patch": f"{cfg.patch_size} x {cfg.patch_size}, spectral window "
+                 f"{cfg.spectral_window} x {cfg.spectral_window}",
+        "classes": ", ".join(f"{c.id}={c.name}" for c in bundle.classes),
+        "parameters": f"{table[-1][1]:,}",
+        "modules off": ", ".join(switches) or "none (full S²Fin)",
+    }
+    for key in ("created", "seed", "protocol", "epochs_run"):
+        if key in bundle.provenance:
+            summary[key] = bundle.provenance[key]
+    for key in ("validation", "test"):
+        m = bundle.metrics.get(key)
+        if isinstance(m, dict) and "oa" in m:
+            summary[f"{key} OA / AA / kappa"] = (
+                f"{m['oa']:.4f} / {m.get('aa', float('nan')):.4f} / "
+                f"{m.get('kappa', float('nan')):.4f}")
+    return {
+        "kind": "model",
+        "path": str(path),
+        "summary": summary,
+        "parameters": [{"module": n, "parameters": c} for n, c in table],
+        "metadata": bundle.metadata_json(),
+        "warnings": [],
+    }
