@@ -170,7 +170,7 @@ def _read_raw(path: Path) -> tuple[dict[str, str], dict[str, Tensor]]:
             if metadata.get("format") != FORMAT_NAME:
                 raise ModelFileError(f"{path.name} is a safetensors file without s2fin metadata",
                                      hint="only files written by s2fin train can be loaded")
-            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
     except SafetensorError as exc:
         raise ModelFileError(f"{path.name} is not an s2fin model file (not readable as "
                              f"safetensors: {str(exc).splitlines()[0]})",
