@@ -94,18 +94,22 @@ def main_options(
 
 
 def _register_commands() -> None:
-    # Imported here so each command module can import `app`-free helpers without cycles.
-    # One module per command; each exposes one function named after the command.
+    # One module per command, exposing one function named after the command; imported here so
+    # command modules never import this module (no cycles).
     import importlib
 
     for name in _COMMANDS:
         module = importlib.import_module(f"s2fin_cli.cli.{name}_cmd")
         app.command(name)(getattr(module, name))
+    for name in _GROUPS:
+        module = importlib.import_module(f"s2fin_cli.cli.{name}_cmd")
+        app.add_typer(getattr(module, name), name=name)
 
 
 # The commands in the order `s2fin --help` lists them.
 _COMMANDS: tuple[str, ...] = ("inspect", "stack")
-
+# Command groups with subcommands (`s2fin datasets import ...`): a Typer object per module.
+_GROUPS: tuple[str, ...] = ("datasets",)
 
 _register_commands()
 
