@@ -24,7 +24,7 @@ class S2FinConfig:
         active_bands: channels of the active-sensor patch (LiDAR DSM, SAR polarisations), >= 1.
         num_classes: output classes.
         patch_size: odd side p of the spatial patches (p x p).
-        spectral_window: odd side s <= p of the spectral patch (the centre s x s of the p x p patch).
+        spectral_window: odd side s <= p of the spectral patch (centre s x s of the p x p patch).
 
     Widths/depths:
         dim: feature width of every branch (spectral tokens, spatial maps, fused tokens).
@@ -59,7 +59,7 @@ class S2FinConfig:
     num_classes: int = 15
     patch_size: int = 11
     spectral_window: int = 5
-    dim: int = 64
+    dim: int = 80
     heads: int = 4
     hfset_depth: int = 2
     top_k: int = 8
@@ -67,10 +67,10 @@ class S2FinConfig:
     spatial_depth: int = 2
     long_range_depth: int = 2
     state_dim: int = 16
-    ssm_expand: int = 2
-    ssm_heads: int = 4
+    ssm_expand: int = 1
+    ssm_heads: int = 2
     ssm_conv_kernel: int = 4
-    scan_chunk: int = 32
+    scan_chunk: int = 16
     dropout: float = 0.1
     filter_temperature: float = 0.05
     tau_init: float = 0.3

@@ -1,0 +1,90 @@
+"""Small building blocks shared by the S2Fin modules.
+
+Normalisation is LayerNorm (tokens) or GroupNorm(1, C) (maps, = LayerNorm over C, H, W): both are
+per-sample, so eval outputs never depend on batch neighbours and small training batches are fine.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def center_crop(x: Tensor, size: int) -> Tensor:
+    """Centre ``size`` x ``size`` window of [B, C, p, p] patches (p and size odd, size <= p)."""
+    p_h, p_w = x.shape[-2], x.shape[-1]
+    if size > min(p_h, p_w) or (p_h - size) % 2 or (p_w - size) % 2:
+        raise ValueError(f"cannot centre-crop a {p_h}x{p_w} patch to {size}x{size}")
+    top, left = (p_h - size) // 2, (p_w - size) // 2
+    return x[..., top : top + size, left : left + size]
+
+
+class FeedForward(nn.Module):
+    """Pre-norm token MLP with residual: x + W2(GELU(W1(LN(x))))."""
+
+    def __init__(self, dim: int, ratio: float, dropout: float) -> None:
+        super().__init__()
+        hidden = max(1, round(dim * ratio))
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.drop(self.fc2(torch.nn.functional.gelu(self.fc1(self.norm(x)))))
+
+
+class ConvStem(nn.Module):
+    """Two 3x3 convs (same padding) lifting a spatial patch to ``dim`` channels."""
+
+    def __init__(self, in_channels: int, dim: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, dim, 3, padding=1),
+            nn.GroupNorm(1, dim),
+            nn.GELU(),
+            nn.Conv2d(dim, dim, 3, padding=1),
+            nn.GroupNorm(1, dim),
+            nn.GELU(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.body(x)
+        return out
+
+
+class ConvBlock(nn.Module):
+    """ConvNeXt-style residual block: depthwise 3x3, GroupNorm, pointwise MLP."""
+
+    def __init__(self, dim: int, ratio: float, dropout: float) -> None:
+        super().__init__()
+        hidden = max(1, round(dim * ratio))
+        self.dw = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.norm = nn.GroupNorm(1, dim)
+        self.pw1 = nn.Conv2d(dim, hidden, 1)
+        self.pw2 = nn.Conv2d(hidden, dim, 1)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.pw2(torch.nn.functional.gelu(self.pw1(self.norm(self.dw(x)))))
+        return x + self.drop(y)
+
+
+class ConvTower(nn.Module):
+    """``depth`` ConvBlocks for one spatial branch (identity at depth 0)."""
+
+    def __init__(self, dim: int, depth: int, ratio: float, dropout: float) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(ConvBlock(dim, ratio, dropout) for _ in range(depth))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class PairIdentity(nn.Module):
+    """Neutral stand-in for a two-map fusion module switched off: returns both maps unchanged."""
+
+    def forward(self, optical: Tensor, active: Tensor) -> tuple[Tensor, Tensor]:
+        return optical, active

@@ -1,0 +1,94 @@
+"""SSAF: spatial-spectral attention fusion (intermediate layers).
+
+CONFIRMED (paper): a spatial-spectral attention fusion module in the intermediate layers.
+
+OURS (reconstruction), three interactions in order:
+1. spectral -> spatial: the pooled spectral tokens gate the channels of both spatial maps,
+   x * (1 + tanh(W pool)) (identity when the gate logits are zero);
+2. spatial -> spectral: a 7x7 conv over [mean, max] channel statistics of both spatial maps gives
+   an attention map; its centre s x s window (where the spectral tokens sit) re-weights the
+   spectral tokens the same way;
+3. cross-modal spatial attention: optical pixels attend to active pixels and vice versa
+   (multi-head, pre-norm, residual), so each branch borrows the other's context.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .layers import center_crop
+
+
+class CrossAttention(nn.Module):
+    """Pre-norm multi-head attention of query tokens over context tokens, with residual."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        b, n, d = x.shape
+        m = context.shape[1]
+        dh = d // self.heads
+        q = self.q(self.norm_q(x)).view(b, n, self.heads, dh).transpose(1, 2)
+        k, v = self.kv(self.norm_kv(context)).view(b, m, 2, self.heads, dh).unbind(2)
+        out = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2))
+        return x + self.drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
+
+
+class SSAF(nn.Module):
+    def __init__(self, dim: int, heads: int, window: int, dropout: float) -> None:
+        super().__init__()
+        self.window = window
+        self.channel_gate = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim))
+        self.spatial_gate = nn.Conv2d(4, 1, 7, padding=3)
+        self.optical_from_active = CrossAttention(dim, heads, dropout)
+        self.active_from_optical = CrossAttention(dim, heads, dropout)
+
+    def forward(
+        self, spectral: Tensor, optical: Tensor, active: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """spectral [B, s*s, D], optical/active [B, D, p, p] -> same shapes."""
+        b, d, h, w = optical.shape
+        # 1. spectral tokens re-weight spatial channels.
+        gates = torch.tanh(self.channel_gate(spectral.mean(dim=1))).view(b, 2, d, 1, 1)
+        optical = optical * (1 + gates[:, 0])
+        active = active * (1 + gates[:, 1])
+        # 2. spatial attention map re-weights spectral tokens (centre window = spectral pixels).
+        stats = torch.cat(
+            [
+                optical.mean(dim=1, keepdim=True),
+                optical.amax(dim=1, keepdim=True),
+                active.mean(dim=1, keepdim=True),
+                active.amax(dim=1, keepdim=True),
+            ],
+            dim=1,
+        )
+        attn_map = torch.tanh(self.spatial_gate(stats))  # [B, 1, p, p]
+        weights = center_crop(attn_map, self.window).flatten(2).transpose(1, 2)  # [B, s*s, 1]
+        spectral = spectral * (1 + weights)
+        # 3. cross-modal spatial attention between the two spatial branches.
+        opt_t = optical.flatten(2).transpose(1, 2)
+        act_t = active.flatten(2).transpose(1, 2)
+        opt_new = self.optical_from_active(opt_t, act_t)
+        act_new = self.active_from_optical(act_t, opt_t)
+        optical = opt_new.transpose(1, 2).reshape(b, d, h, w)
+        active = act_new.transpose(1, 2).reshape(b, d, h, w)
+        return spectral, optical, active
+
+
+class SSAFIdentity(nn.Module):
+    """Neutral counterpart of SSAF (use_ssaf=False): no interaction between the branches."""
+
+    def forward(
+        self, spectral: Tensor, optical: Tensor, active: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        return spectral, optical, active
