@@ -216,7 +216,7 @@ def _pct(value: float) -> str:
     return "–" if math.isnan(value) else f"{100 * value:.2f}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # numpy fields: compare .matrix and .classes instead
 class AccuracyReport:
     """Accuracy figures of one confusion matrix (see the module docstring for definitions).
 
