@@ -138,6 +138,10 @@ def geotiff_profile(
         "nodata": nodata,
         **{k.lower(): v for k, v in DEFAULT_CREATION_OPTIONS.items()},
     }
+    # A 512 tile of a small many-band raster is mostly padding that still gets compressed (and
+    # each tile holds every band): shrink tiles to the raster, in GeoTIFF's multiples of 16.
+    side = min(512, max(16, -(-max(grid.width, grid.height) // 16) * 16))
+    profile["blockxsize"] = profile["blockysize"] = str(side)
     if grid.crs is not None:
         profile["crs"] = grid.crs
     if np.dtype(dtype).kind == "f":
