@@ -40,7 +40,8 @@ def test_written_raster_reopens_with_grid_nodata_and_layout(tmp_path: Path, grid
         assert ds.crs == grid.crs and ds.transform == grid.transform
         assert ds.nodata == -9999.0 and ds.descriptions == ("a", "b", "c")
         assert ds.tags()["origin"] == "test"
-        assert ds.compression.name.lower() == "deflate" and ds.block_shapes[0] == (48, 48)  # tiles shrunk to the 40x30 grid
+        assert ds.compression.name.lower() == "deflate"
+        assert ds.block_shapes[0] == (48, 48)  # tiles shrink to the 40x30 grid
         np.testing.assert_array_equal(ds.read(), data)
     info = _gdalinfo(path)
     assert info["coordinateSystem"]["wkt"].find("32632") > 0
