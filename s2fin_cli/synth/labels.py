@@ -3,8 +3,9 @@
 Protocol (documented in the scene's ``scene.json`` and the README):
 
 1. Candidate pixels are *interior* pixels: the 3 x 3 neighbourhood has one class (no boundary
-   mixed pixels), the optical pixel is valid. Objects too small to have interior pixels keep all
-   their pixels.
+   mixed pixels), the optical pixel is valid. Training falls back to boundary pixels only when
+   the training objects of a class have too few interior ones; test uses all pixels of a class
+   only when it has no interior test pixel.
 2. Each class's objects (a building, a crown, a field, a road segment...) are sorted along a
    random direction; the first ``train_fraction`` of them (at least one, never all) are
    *training objects*, the rest *test objects*. Training therefore lies mostly in one part of
@@ -113,10 +114,9 @@ def make_labels(gt: np.ndarray, objects: np.ndarray, valid: np.ndarray, config: 
         pools = []
         for t in train_ids:
             in_obj = obj_ids == t
-            pool = cls_idx[in_obj & inner]
-            if pool.size == 0:
-                pool = cls_idx[in_obj]
-            pools.append(rng.permutation(pool))
+            # Interior pixels first; boundary pixels only when an object has no more.
+            pools.append(np.concatenate([rng.permutation(cls_idx[in_obj & inner]),
+                                         rng.permutation(cls_idx[in_obj & ~inner])]))
         depth = 0
         while len(chosen) < config.train_per_class and any(depth < p.size for p in pools):
             for p in pools:
