@@ -1,0 +1,375 @@
+"""Whole-scene inference: every valid pixel gets the class of the patch centred on it.
+
+The scene is streamed block by block (``block_size`` squared), so memory follows the block and the
+batch, never the scene:
+
+1. a **reader thread** reads each block plus a halo of ``patch_size // 2`` pixels from both
+   modalities on the HSI grid (:meth:`Scene.read`: reflect padding at scene borders, NaN where
+   invalid) and computes which centres are valid, a bounded queue ahead of the computation;
+2. the **main thread** moves the block to the device, applies the model's stored normalisation and
+   PCA (nothing is fitted per scene), cuts the patches of ``batch_size`` centres at a time on the
+   device (:func:`s2fin_cli.patches.cut_inputs`: one gather per batch, no Python loop per
+   pixel), runs the network under ``torch.inference_mode`` (and autocast on CUDA), and maps the
+   argmax output index to the class id;
+3. a **writer thread** writes finished blocks (:class:`s2fin_cli.io.classmap.ClassMapWriter`),
+   behind a bounded queue.
+
+Centres that are nodata in either modality are not classified and come out as 0 (nodata).
+An exception in any thread (or Ctrl-C) stops the other two and propagates to the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from rasterio.windows import Window
+from torch import Tensor
+
+from s2fin_cli import console
+from s2fin_cli.device import autocast
+from s2fin_cli.io.reader import Scene, SceneBlock
+from s2fin_cli.io.windows import block_count, iter_blocks
+from s2fin_cli.model_file import ModelBundle
+from s2fin_cli.patches import cut_inputs
+
+DEFAULT_BATCH_SIZE = 512
+DEFAULT_BLOCK_SIZE = 256
+DEFAULT_PREFETCH = 2  # blocks read ahead of the computation (and queued for writing)
+_POLL_S = 0.1  # how often a blocked queue operation checks whether the pipeline stopped
+
+
+@dataclass
+class BlockResult:
+    """The prediction of one block (core window, no halo), on the CPU."""
+
+    window: Window
+    classes: np.ndarray  # (rows, cols) class ids, 0 = nodata
+    valid: np.ndarray  # (rows, cols) bool: the centre was classified
+    probabilities: np.ndarray | None = None  # (classes, rows, cols) float32, NaN where nodata
+    confidence: np.ndarray | None = None  # (rows, cols) float32, NaN where nodata
+
+
+class BlockSink(Protocol):
+    def write_block(self, window: Window, class_ids: np.ndarray,
+                    probabilities: np.ndarray | None = None,
+                    confidence: np.ndarray | None = None) -> None: ...
+
+
+@dataclass
+class PredictionSummary:
+    """What a prediction did: pixel counts, a class histogram, time."""
+
+    pixels: int = 0
+    classified: int = 0
+    histogram: dict[int, int] = field(default_factory=dict)  # class id -> pixels
+    seconds: float = 0.0
+    blocks: int = 0
+    device: str = "cpu"
+
+    @property
+    def nodata(self) -> int:
+        return self.pixels - self.classified
+
+    @property
+    def pixels_per_second(self) -> float:
+        return self.pixels / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, result: BlockResult, lut: np.ndarray) -> None:
+        self.blocks += 1
+        self.pixels += int(result.classes.size)
+        self.classified += int(result.valid.sum())
+        counts = np.bincount(result.classes.ravel(), minlength=lut.size)
+        for class_id in lut:
+            n = int(counts[class_id]) if class_id < counts.size else 0
+            self.histogram[int(class_id)] = self.histogram.get(int(class_id), 0) + n
+
+    def to_json(self, names: dict[int, str] | None = None) -> dict[str, Any]:
+        names = names or {}
+        return {
+            "pixels": self.pixels,
+            "classified": self.classified,
+            "nodata": self.nodata,
+            "seconds": round(self.seconds, 3),
+            "pixels_per_second": round(self.pixels_per_second, 1),
+            "blocks": self.blocks,
+            "device": self.device,
+            "classes": [{"id": cid, "name": names.get(cid, f"class {cid}"), "pixels": n}
+                        for cid, n in sorted(self.histogram.items())],
+        }
+
+
+class BlockPredictor:
+    """Classifies the centres of a :class:`SceneBlock` on ``device`` with a model bundle."""
+
+    def __init__(self, bundle: ModelBundle, device: torch.device | str = "cpu", *,
+                 batch_size: int = DEFAULT_BATCH_SIZE, probabilities: bool = False,
+                 confidence: bool = False, amp: bool = True,
+                 model: torch.nn.Module | None = None) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be positive")
+        self.bundle = bundle
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.want_probabilities = probabilities
+        self.want_confidence = confidence
+        self.amp = amp
+        self.geometry = bundle.geometry
+        self.halo = self.geometry.halo
+        self.model = model if model is not None else bundle.build_model(self.device)
+        self.preprocess = bundle.preprocessor.device_tensors(self.device)
+        self.lut = np.asarray(bundle.classes.ids, dtype=np.int64)
+        self._lut = torch.as_tensor(self.lut, device=self.device)
+
+    def to_device(self, array: np.ndarray) -> Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True)
+
+    @torch.inference_mode()
+    def logits(self, spectral: Tensor, spatial: Tensor, active: Tensor) -> Tensor:
+        """Float32 logits of a batch of patches (autocast on CUDA)."""
+        with autocast(self.device, self.amp):
+            out: Tensor = self.model(spectral, spatial, active)
+        return out.float()
+
+    @torch.inference_mode()
+    def __call__(self, block: SceneBlock, core_valid: np.ndarray | None = None) -> BlockResult:
+        rows_n, cols_n = int(block.window.height), int(block.window.width)
+        valid = block.core_valid if core_valid is None else core_valid
+        centres = np.flatnonzero(valid)
+        classes = torch.zeros(rows_n * cols_n, dtype=torch.int64, device=self.device)
+        n_classes = len(self.lut)
+        want_p = self.want_probabilities or self.want_confidence
+        probs = (torch.full((n_classes, rows_n * cols_n), float("nan"), device=self.device)
+                 if want_p else None)
+        if centres.size:
+            optical, reduced, aux = self.preprocess(self.to_device(block.optical),
+                                                    self.to_device(block.aux))
+            flat = torch.from_numpy(centres).to(self.device)
+            for start in range(0, flat.numel(), self.batch_size):
+                idx = flat[start:start + self.batch_size]
+                rows = idx // cols_n + self.halo
+                cols = idx % cols_n + self.halo
+                spectral, spatial, active = cut_inputs(optical, reduced, aux, rows, cols,
+                                                       self.geometry)
+                logits = self.logits(spectral, spatial, active)
+                classes[idx] = self._lut[logits.argmax(dim=1)]
+                if probs is not None:
+                    probs[:, idx] = torch.softmax(logits, dim=1).T
+        out = BlockResult(block.window, classes.view(rows_n, cols_n).cpu().numpy(), valid)
+        if probs is not None:
+            probs = probs.view(n_classes, rows_n, cols_n)
+            if self.want_probabilities:
+                out.probabilities = probs.cpu().numpy()
+            if self.want_confidence:  # NaN (nodata) columns stay NaN
+                out.confidence = probs.amax(dim=0).cpu().numpy()
+        return out
+
+
+class _Stop(Exception):
+    """Raised inside a worker when the pipeline was stopped by another thread."""
+
+
+class _Pipeline:
+    """Reader thread → caller → writer thread, with bounded queues and error propagation."""
+
+    _DONE = object()
+
+    def __init__(self, read: Callable[[Window], tuple[SceneBlock, np.ndarray]],
+                 windows: list[Window], write: Callable[[BlockResult], None], depth: int) -> None:
+        self._read = read
+        self._windows = windows
+        self._write = write
+        self._stop = threading.Event()
+        self._errors: list[BaseException] = []
+        self._in: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+        self._out: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+        self._reader = threading.Thread(target=self._reader_main, name="s2fin-read", daemon=True)
+        self._writer = threading.Thread(target=self._writer_main, name="s2fin-write",
+                                        daemon=True)
+
+    def _put(self, q: queue.Queue[Any], item: Any) -> None:
+        while True:
+            if self._stop.is_set():
+                raise _Stop
+            try:
+                q.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def _get(self, q: queue.Queue[Any]) -> Any:
+        while True:
+            if self._stop.is_set():
+                raise _Stop
+            try:
+                return q.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+
+    def _fail(self, exc: BaseException) -> None:
+        self._errors.append(exc)
+        self._stop.set()
+
+    def _reader_main(self) -> None:
+        try:
+            for window in self._windows:
+                self._put(self._in, self._read(window))
+            self._put(self._in, self._DONE)
+        except _Stop:
+            pass
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _writer_main(self) -> None:
+        try:
+            while True:
+                item = self._get(self._out)
+                if item is self._DONE:
+                    return
+                self._write(item)
+        except _Stop:
+            pass
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _raise_worker_error(self) -> None:
+        if self._errors:
+            raise self._errors[0]
+
+    def blocks(self) -> Iterator[tuple[SceneBlock, np.ndarray]]:
+        """Blocks as the reader delivers them; re-raises a worker's exception."""
+        self._reader.start()
+        self._writer.start()
+        try:
+            while True:
+                try:
+                    item = self._get(self._in)
+                except _Stop:
+                    self._raise_worker_error()
+                    raise
+                if item is self._DONE:
+                    return
+                yield item
+        except BaseException:
+            self.abort()
+            raise
+
+    def emit(self, result: BlockResult) -> None:
+        try:
+            self._put(self._out, result)
+        except _Stop:
+            self._raise_worker_error()
+            raise
+
+    def finish(self) -> None:
+        """Wait until every block has been written; re-raises a writer error."""
+        try:
+            self._put(self._out, self._DONE)
+            while self._writer.is_alive():
+                self._writer.join(timeout=_POLL_S)
+        except BaseException:
+            self.abort()
+            raise
+        self._reader.join()
+        self._raise_worker_error()
+
+    def abort(self) -> None:
+        """Stop both threads and wait for them (idempotent)."""
+        self._stop.set()
+        for thread in (self._reader, self._writer):
+            if thread.ident is not None and thread.is_alive():
+                thread.join()
+
+
+def _as_writer(sink: BlockSink | Callable[[BlockResult], None]) -> Callable[[BlockResult], None]:
+    write_block = getattr(sink, "write_block", None)
+    if write_block is None:
+        return sink  # type: ignore[return-value]
+
+    def write(result: BlockResult) -> None:
+        write_block(result.window, result.classes, result.probabilities, result.confidence)
+
+    return write
+
+
+def predict_scene(
+    scene: Scene,
+    bundle: ModelBundle,
+    sink: BlockSink | Callable[[BlockResult], None],
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    prefetch: int = DEFAULT_PREFETCH,
+    probabilities: bool = False,
+    confidence: bool = False,
+    amp: bool = True,
+    progress: bool = True,
+    json_progress: bool = False,
+    predictor: BlockPredictor | None = None,
+) -> PredictionSummary:
+    """Classify every pixel of ``scene`` and hand each finished block to ``sink``.
+
+    ``sink`` is a :class:`ClassMapWriter` (anything with ``write_block``) or a callable taking a
+    :class:`BlockResult`; it is called from the writer thread, one block at a time, in order.
+    The model/scene compatibility is the caller's to check first (``bundle.check_scene``).
+    """
+    if block_size < 1:
+        raise ValueError("block_size must be positive")
+    predictor = predictor or BlockPredictor(bundle, device, batch_size=batch_size,
+                                            probabilities=probabilities, confidence=confidence,
+                                            amp=amp)
+    halo = predictor.halo
+    grid = scene.grid
+
+    def read(window: Window) -> tuple[SceneBlock, np.ndarray]:
+        block = scene.read(window, halo)
+        return block, block.core_valid
+
+    write = _as_writer(sink)
+
+    windows = list(iter_blocks(grid.height, grid.width, block_size))
+    total = block_count(grid.height, grid.width, block_size)
+    summary = PredictionSummary(device=str(predictor.device))
+    pipeline = _Pipeline(read, windows, write, prefetch)
+    start = time.perf_counter()
+    reporter_cm: contextlib.AbstractContextManager[Any] = (
+        console.progress("predict", total, json_lines=json_progress) if progress
+        else contextlib.nullcontext())
+    with reporter_cm as reporter:
+        try:
+            for block, core_valid in pipeline.blocks():
+                result = predictor(block, core_valid)
+                summary.add(result, predictor.lut)
+                pipeline.emit(result)
+                if reporter is not None:
+                    elapsed = time.perf_counter() - start
+                    reporter.advance(1, **{"px/s": round(summary.pixels / max(elapsed, 1e-9))})
+            pipeline.finish()
+        except BaseException:
+            pipeline.abort()
+            raise
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_BLOCK_SIZE",
+    "DEFAULT_PREFETCH",
+    "BlockPredictor",
+    "BlockResult",
+    "BlockSink",
+    "PredictionSummary",
+    "predict_scene",
+]
