@@ -1,0 +1,176 @@
+"""``s2fin train``: limited-label training of S²Fin into one self-describing model file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from s2fin_cli import console
+from s2fin_cli.cli.options import (
+    Device,
+    HsiPath,
+    JsonOutput,
+    LabelField,
+    LidarPath,
+    Overwrite,
+    SarPath,
+    Seed,
+)
+from s2fin_cli.errors import EXIT_INTERRUPTED
+from s2fin_cli.model_file import DEFAULT_MODEL_PATH
+from s2fin_cli.training import (
+    DEFAULT_DEPTH,
+    DEFAULT_DIM,
+    DEFAULT_PATCH,
+    DEFAULT_PCA,
+    DEFAULT_SPECTRAL_WINDOW,
+    TrainingStopped,
+    TrainRequest,
+    TrainSettings,
+    checkpoint_path_for,
+    parse_ablate,
+    run_training,
+)
+
+_D = TrainSettings()
+
+
+def train(
+    labels: Annotated[
+        Path,
+        typer.Option("--labels", help="Training labels: a class raster (0 = unlabeled) or "
+                     "vectors (GeoJSON/Shapefile/GeoPackage).", dir_okay=False),
+    ],
+    scene: Annotated[
+        Path | None,
+        typer.Argument(help="Stacked scene (optical bands, then LiDAR/SAR bands), e.g. written "
+                       "by s2fin stack. Or give --hsi with --lidar/--sar.", dir_okay=False),
+    ] = None,
+    hsi: HsiPath = None,
+    lidar: LidarPath = None,
+    sar: SarPath = None,
+    aux_bands: Annotated[
+        int | None,
+        typer.Option("--aux-bands", help="How many last bands of SCENE are LiDAR/SAR (when it "
+                     "has no s2fin band tags)."),
+    ] = None,
+    label_field: LabelField = None,
+    test_labels: Annotated[
+        Path | None,
+        typer.Option("--test-labels", help="Disjoint test labels: scored with the selected "
+                     "model (never used to select it); report in <output>.report.json.",
+                     dir_okay=False),
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The model file to write.", dir_okay=False)
+    ] = DEFAULT_MODEL_PATH,
+    overwrite: Overwrite = False,
+    per_class: Annotated[
+        int | None,
+        typer.Option("--per-class", help="Limited-label protocol: N labelled pixels per class "
+                     "(seeded); train and validation are split from them."),
+    ] = None,
+    train_fraction: Annotated[
+        float | None,
+        typer.Option("--train-fraction", help="Use this fraction of each class's labelled "
+                     "pixels (seeded)."),
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Share of the labels held out for "
+                            "validation (spatially blocked; 0 = none, keep the last epoch).")
+    ] = 0.2,
+    split_block: Annotated[
+        int, typer.Option("--split-block", help="Cell size in pixels of the blocked "
+                          "train/validation split.")
+    ] = 32,
+    epochs: Annotated[int, typer.Option("--epochs", help="Maximum epochs.")] = _D.epochs,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = _D.batch_size,
+    lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate (linear warm-up, "
+                                      "then cosine decay).")] = _D.lr,
+    weight_decay: Annotated[float, typer.Option("--weight-decay")] = _D.weight_decay,
+    warmup_epochs: Annotated[int, typer.Option("--warmup-epochs")] = _D.warmup_epochs,
+    patience: Annotated[
+        int, typer.Option("--patience", help="Stop after this many epochs without validation "
+                          "improvement.")
+    ] = _D.patience,
+    seed: Seed = 0,
+    device: Device = "auto",
+    patch_size: Annotated[
+        int, typer.Option("--patch-size", help="Spatial patch side, odd, 7..15.")
+    ] = DEFAULT_PATCH,
+    spectral_window: Annotated[
+        int, typer.Option("--spectral-window", help="Side of the spectral patch (odd, <= "
+                          "patch size).")
+    ] = DEFAULT_SPECTRAL_WINDOW,
+    pca: Annotated[
+        int, typer.Option("--pca", help="PCA components of the spatial optical patch (capped "
+                          "at the band count).")
+    ] = DEFAULT_PCA,
+    dim: Annotated[int, typer.Option("--dim", help="Feature width of the network.")
+                   ] = DEFAULT_DIM,
+    depth: Annotated[
+        int, typer.Option("--depth", help="Blocks per stage (HFSET, spatial, long-range).")
+    ] = DEFAULT_DEPTH,
+    ablate: Annotated[
+        str | None,
+        typer.Option("--ablate", help="Switch modules off, comma separated: hfset, afcm, ssaf, "
+                     "hfrm, long_range."),
+    ] = None,
+    no_augment: Annotated[
+        bool, typer.Option("--no-augment", help="No random flips/rotations.")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from <output>.ckpt (written after every "
+                           "epoch) to the same result as an uninterrupted run.")
+    ] = False,
+    keep_checkpoint: Annotated[
+        bool, typer.Option("--keep-checkpoint", help="Keep <output>.ckpt after success.")
+    ] = False,
+    stop_after_epoch: Annotated[
+        int | None, typer.Option("--stop-after-epoch", hidden=True,
+                                 help="Stop as if killed after this epoch (testing).")
+    ] = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Train S²Fin on labelled pixels of a scene and write one self-describing model file."""
+    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr,
+                             weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+                             patience=patience, seed=seed, augment=not no_augment)
+    request = TrainRequest(
+        labels=labels, scene=scene, hsi=hsi, lidar=lidar, sar=sar, aux_bands=aux_bands,
+        label_field=label_field, test_labels=test_labels, output=output, overwrite=overwrite,
+        per_class=per_class, train_fraction=train_fraction, val_fraction=val_fraction,
+        split_block=split_block, patch_size=patch_size, spectral_window=spectral_window,
+        pca=pca, dim=dim, depth=depth, ablate=parse_ablate(ablate), settings=settings,
+        device=device, resume=resume, keep_checkpoint=keep_checkpoint,
+        json_lines=json_output, stop_after=stop_after_epoch,
+    )
+    try:
+        summary = run_training(request)
+    except TrainingStopped as stop:
+        console.note(f"stopped after epoch {stop.epoch}; checkpoint "
+                     f"{checkpoint_path_for(output)}; continue with --resume")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    prov = summary.bundle.provenance
+    if json_output:
+        print(json.dumps({
+            "event": "done", "output": str(summary.output),
+            "report": str(summary.report_path) if summary.report_path else None,
+            "epochs_run": prov.get("epochs_run"), "best_epoch": prov.get("best_epoch"),
+            "wall_seconds": round(summary.wall_seconds, 2),
+            "metrics": summary.bundle.metrics, "samples": summary.split_rows,
+        }, allow_nan=False), flush=True)
+        return
+    if summary.validation is not None:
+        console.stdout.print(summary.validation.table(
+            f"Validation (blocked split, best epoch {prov.get('best_epoch')})"))
+    if summary.test is not None:
+        console.stdout.print(summary.test.table("Test"))
+        console.stdout.print(summary.test.confusion_table())
+    console.note(f"wrote {summary.output} ({prov.get('epochs_run')} epochs, best "
+                 f"{prov.get('best_epoch')})"
+                 + (f" and {summary.report_path}" if summary.report_path else "")
+                 + f" in {summary.wall_seconds:.1f} s")

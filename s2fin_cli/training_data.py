@@ -1,0 +1,169 @@
+"""Training inputs cut on the fly from the scene: no pre-extracted patches on disk.
+
+Blocks of the scene that hold samples are read with a halo of ``patch_size // 2`` (reflect padded
+at scene borders), preprocessed on the device with the model's statistics and PCA, and the three
+network inputs are cut around the samples with :func:`s2fin_cli.patches.cut_inputs`. Training
+keeps the per-sample inputs in memory (memory ~ samples, never the scene); prediction at labelled
+pixels (validation, test) consumes them block by block instead.
+
+Augmentation happens at batch time: a random flip and a random multiple of 90° per sample,
+applied identically to the spectral, spatial and active patches, from a generator seeded per epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from s2fin_cli.io.reader import Scene
+from s2fin_cli.patches import PatchGeometry, cut_inputs
+from s2fin_cli.preprocessing import Preprocessor
+from s2fin_cli.sampling import Samples, group_by_block
+
+DEFAULT_BLOCK_SIZE = 512
+
+
+@dataclass
+class PatchBatch:
+    """Network inputs for some samples: ``index`` says which (positions in the sample set)."""
+
+    index: np.ndarray
+    spectral: Tensor  # (N, bands, s, s)
+    spatial: Tensor  # (N, reduced, p, p)
+    active: Tensor  # (N, aux, p, p)
+
+    def __len__(self) -> int:
+        return int(self.index.size)
+
+
+def iter_sample_inputs(
+    scene: Scene,
+    samples: Samples,
+    preprocessor: Preprocessor,
+    geometry: PatchGeometry,
+    device: torch.device,
+    *,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    chunk: int = 4096,
+) -> Iterator[PatchBatch]:
+    """Inputs of every sample, block by block (at most ``chunk`` samples per batch), on ``device``.
+
+    Only blocks holding samples are read; each is preprocessed once on the device.
+    """
+    prep = preprocessor.device_tensors(device)
+    halo = geometry.halo
+    for window, index in group_by_block(samples, block_size, scene.grid.shape):
+        block = scene.read(window, halo)
+        optical = torch.from_numpy(block.optical).to(device)
+        aux = torch.from_numpy(block.aux).to(device)
+        z_opt, reduced, z_aux = prep(optical, aux)
+        rows = torch.from_numpy(samples.rows[index] - int(window.row_off) + halo)
+        cols = torch.from_numpy(samples.cols[index] - int(window.col_off) + halo)
+        for start in range(0, index.size, chunk):
+            part = slice(start, start + chunk)
+            spectral, spatial, active = cut_inputs(z_opt, reduced, z_aux, rows[part], cols[part],
+                                                   geometry)
+            yield PatchBatch(index[part], spectral, spatial, active)
+
+
+@dataclass
+class PatchSet:
+    """The network inputs of every training (or validation) sample, in sample order, in memory."""
+
+    spectral: Tensor
+    spatial: Tensor
+    active: Tensor
+    targets: Tensor  # (N,) int64 output index (position in the class table)
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.element_size() * t.nelement()
+                   for t in (self.spectral, self.spatial, self.active, self.targets))
+
+    def batch(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return (self.spectral[index], self.spatial[index], self.active[index],
+                self.targets[index])
+
+
+def class_indexes(samples: Samples, class_ids: list[int]) -> np.ndarray:
+    """Output index (position in the class table) of every sample's class id."""
+    lut = np.full(max(class_ids) + 1, -1, np.int64)
+    lut[np.asarray(class_ids)] = np.arange(len(class_ids))
+    out = lut[samples.classes]
+    if (out < 0).any():
+        raise ValueError("samples hold class ids outside the class table")
+    return out
+
+
+def extract_patch_set(
+    scene: Scene,
+    samples: Samples,
+    preprocessor: Preprocessor,
+    geometry: PatchGeometry,
+    class_ids: list[int],
+    device: torch.device,
+    *,
+    storage: torch.device | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> PatchSet:
+    """Cut the inputs of ``samples`` (computed on ``device``, kept on ``storage``, CPU default)."""
+    storage = storage or torch.device("cpu")
+    n = len(samples)
+    s, p = geometry.spectral_window, geometry.patch_size
+    spectral = torch.zeros((n, preprocessor.bands, s, s), dtype=torch.float32, device=storage)
+    spatial = torch.zeros((n, preprocessor.reduced_bands, p, p), dtype=torch.float32,
+                          device=storage)
+    active = torch.zeros((n, preprocessor.aux_bands, p, p), dtype=torch.float32, device=storage)
+    for part in iter_sample_inputs(scene, samples, preprocessor, geometry, device,
+                                   block_size=block_size):
+        idx = torch.from_numpy(part.index).to(storage)
+        spectral[idx] = part.spectral.to(storage)
+        spatial[idx] = part.spatial.to(storage)
+        active[idx] = part.active.to(storage)
+    targets = torch.from_numpy(class_indexes(samples, class_ids)).to(storage)
+    return PatchSet(spectral, spatial, active, targets)
+
+
+def augment(spectral: Tensor, spatial: Tensor, active: Tensor, generator: torch.Generator
+            ) -> tuple[Tensor, Tensor, Tensor]:
+    """A random flip and 90° rotation per sample, the same one for all three inputs.
+
+    Eight dihedral transforms; samples are grouped by transform so each group is one tensor op.
+    ``generator`` lives on the CPU; the draws do not depend on the inputs' device.
+    """
+    n = spectral.shape[0]
+    choice = torch.randint(0, 8, (n,), generator=generator)
+    outs = [spectral.clone(), spatial.clone(), active.clone()]
+    for t in range(1, 8):
+        sel = torch.nonzero(choice == t).flatten()
+        if sel.numel() == 0:
+            continue
+        sel = sel.to(spectral.device)
+        k, flip = t % 4, t >= 4
+        for out, src in zip(outs, (spectral, spatial, active), strict=True):
+            x = src[sel]
+            if flip:
+                x = torch.flip(x, dims=(-1,))
+            if k:
+                x = torch.rot90(x, k, dims=(-2, -1))
+            out[sel] = x
+    return outs[0], outs[1], outs[2]
+
+
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator, *, shuffle: bool = True
+                  ) -> list[Tensor]:
+    """Index batches for one epoch; a trailing batch of one sample joins the previous batch
+    (batch statistics of a single sample are undefined)."""
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    batches = list(torch.split(order, batch_size))
+    if len(batches) > 1 and batches[-1].numel() == 1:
+        batches[-2] = torch.cat([batches[-2], batches[-1]])
+        batches.pop()
+    return batches
