@@ -33,9 +33,13 @@ class AFCM(nn.Module):
         self.weights = nn.Sequential(nn.Linear(4 * dim, dim), nn.GELU(), nn.Linear(dim, 4 * dim))
 
     def low_mask(self, h: int, w: int, device: torch.device) -> Tensor:
-        """Soft low-pass mask over rfft2 bins [h, w // 2 + 1] (1 at DC, -> 0 above the radius)."""
+        """Soft low-pass mask over rfft2 bins [h, w // 2 + 1] (1 at DC, -> 0 above the radius).
+
+        The DC bin (channel mean) is forced fully into the low part, mirroring the high-pass
+        masks of HFSET and HFRM that exclude it."""
         r = radial_frequency(h, w, device)
-        return torch.sigmoid((torch.sigmoid(self.radius_logit) - r) / self.temperature)
+        mask = torch.sigmoid((torch.sigmoid(self.radius_logit) - r) / self.temperature)
+        return torch.where(r > 0, mask, torch.ones_like(mask))
 
     def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(low, high) parts of maps x [B, C, H, W], computed in float32; low + high == x."""

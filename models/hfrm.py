@@ -44,8 +44,11 @@ class HFRM(nn.Module):
         self.lam = nn.Parameter(torch.full((dim,), lambda_init))
 
     def highpass(self, h: int, w: int, device: torch.device) -> Tensor:
+        """Soft radial high-pass over rfft2 bins; the DC bin (map mean) is excluded outright, as in
+        HFSET's filter, so the resonance never rescales a channel's mean."""
         r = radial_frequency(h, w, device)
-        return torch.sigmoid((r - torch.sigmoid(self.radius_logit)) / self.temperature)
+        mask = torch.sigmoid((r - torch.sigmoid(self.radius_logit)) / self.temperature)
+        return mask * (r > 0).to(mask.dtype)
 
     def resonance_mask(self, p: Tensor, a: Tensor, h: int, w: int) -> Tensor:
         """R [B, C, h, w//2+1] from complex float32 spectra p, a of h x w maps."""
