@@ -3,6 +3,8 @@ preprocessing), small enough that a whole-scene prediction takes a second on a 2
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,18 @@ TINY_NETWORK: dict[str, Any] = {
     "dim": 16, "heads": 2, "hfset_depth": 1, "spatial_depth": 1, "long_range_depth": 1,
     "ssm_heads": 2, "top_k": 4, "dropout": 0.0,
 }
+
+
+@contextmanager
+def torch_threads(n: int = 1) -> Iterator[None]:
+    """Run torch with ``n`` intra-op threads (tiny models on a shared 2-core machine are many
+    times faster single-threaded), restoring the previous count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def tiny_config(bands: int = 6, aux_bands: int = 1, num_classes: int = 4, *,

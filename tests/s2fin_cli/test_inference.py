@@ -1,0 +1,203 @@
+"""Whole-scene inference against a naive reference, and the pipeline's error handling."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from s2fin_cli.inference import BlockPredictor, BlockResult, PredictionSummary, predict_scene
+from s2fin_cli.io.reader import open_stacked_scene
+from s2fin_cli.model_file import ModelBundle
+from tests.conftest import utm_grid
+from tests.s2fin_cli.helpers import tiny_bundle, torch_threads, write_scene
+
+CLASS_IDS = [2, 3, 5, 9]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with torch_threads(1):
+        yield  # not 1..N: output index i must map to classes.classes[i].id
+
+
+def _collect(scene_path: Path, bundle: ModelBundle, **kwargs: object) -> tuple[
+        np.ndarray, np.ndarray | None, np.ndarray | None, PredictionSummary]:
+    """Run predict_scene and paste the blocks into whole-scene arrays."""
+    with open_stacked_scene(scene_path) as scene:
+        h, w = scene.grid.shape
+        classes = np.full((h, w), -1, np.int64)
+        probs: np.ndarray | None = None
+        conf: np.ndarray | None = None
+
+        def sink(r: BlockResult) -> None:
+            nonlocal probs, conf
+            rs, cs = (slice(int(r.window.row_off), int(r.window.row_off + r.window.height)),
+                      slice(int(r.window.col_off), int(r.window.col_off + r.window.width)))
+            classes[rs, cs] = r.classes
+            if r.probabilities is not None:
+                probs = probs if probs is not None else np.zeros((len(CLASS_IDS), h, w))
+                probs[:, rs, cs] = r.probabilities
+            if r.confidence is not None:
+                conf = conf if conf is not None else np.zeros((h, w))
+                conf[rs, cs] = r.confidence
+
+        summary = predict_scene(scene, bundle, sink, progress=False, **kwargs)  # type: ignore[arg-type]
+    return classes, probs, conf, summary
+
+
+def _reference_logits(scene_path: Path, bundle: ModelBundle,
+                      pixels: list[tuple[int, int]]) -> np.ndarray:
+    """Naive path: preprocess the whole scene, np.pad(reflect), cut each patch, forward one by
+    one."""
+    with open_stacked_scene(scene_path) as scene:
+        block = scene.read(scene.grid.full_window())
+    pre = bundle.preprocessor.device_tensors(torch.device("cpu"))
+    z_opt, reduced, z_aux = (t.numpy() for t in pre(torch.from_numpy(block.optical),
+                                                    torch.from_numpy(block.aux)))
+    half = bundle.config.patch_size // 2
+    s_half = bundle.config.spectral_window // 2
+    pads = [np.pad(a, ((0, 0), (half, half), (half, half)), mode="reflect")
+            for a in (z_opt, reduced, z_aux)]
+    model = bundle.build_model("cpu")
+    out = []
+    with torch.inference_mode():
+        for r, c in pixels:
+            pr, pc = r + half, c + half
+            spectral = pads[0][:, pr - s_half:pr + s_half + 1, pc - s_half:pc + s_half + 1]
+            spatial = pads[1][:, pr - half:pr + half + 1, pc - half:pc + half + 1]
+            active = pads[2][:, pr - half:pr + half + 1, pc - half:pc + half + 1]
+            logits = model(*(torch.from_numpy(np.ascontiguousarray(x))[None]
+                             for x in (spectral, spatial, active)))
+            out.append(logits[0].numpy())
+    return np.array(out)
+
+
+def _sample_pixels(h: int, w: int, n_random: int, seed: int = 0) -> list[tuple[int, int]]:
+    """Every corner, pixels on every border, and random interior pixels."""
+    rng = np.random.default_rng(seed)
+    pts = {(0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1)}
+    for _ in range(2):
+        pts |= {(0, int(rng.integers(w))), (h - 1, int(rng.integers(w))),
+                (int(rng.integers(h)), 0), (int(rng.integers(h)), w - 1)}
+    while len(pts) < 12 + n_random and len(pts) < h * w:
+        pts.add((int(rng.integers(h)), int(rng.integers(w))))
+    return sorted(pts)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "block_size", "batch_size"),
+    [(13, 11, 5, 7),  # blocks and batches that divide nothing
+     (37, 29, 16, 100),
+     (4, 3, 2, 512)],  # a scene smaller than one 7x7 patch
+)
+def test_map_matches_naive_reference(tmp_path: Path, height: int, width: int, block_size: int,
+                                     batch_size: int) -> None:
+    nodata = np.zeros((height, width), bool)
+    if height > 5:
+        nodata[2, 3] = nodata[height - 1, width - 1] = nodata[6, 0] = True
+    path = write_scene(tmp_path / "scene.tif", utm_grid(width, height), nodata_pixels=nodata)
+    bundle = tiny_bundle(path, class_ids=CLASS_IDS)
+    classes, _, _, summary = _collect(path, bundle, block_size=block_size,
+                                      batch_size=batch_size)
+
+    assert (classes[nodata] == 0).all()
+    assert set(np.unique(classes[~nodata])) <= set(CLASS_IDS)
+    assert summary.classified == int((~nodata).sum()) and summary.nodata == int(nodata.sum())
+    assert sum(summary.histogram.values()) == summary.classified
+
+    pixels = [p for p in _sample_pixels(height, width, 30) if not nodata[p]]
+    logits = _reference_logits(path, bundle, pixels)
+    for (r, c), ref in zip(pixels, logits, strict=True):
+        got = CLASS_IDS.index(int(classes[r, c]))
+        # Equal up to float ties: the chosen class's reference logit is the maximum.
+        assert ref[got] >= ref.max() - 1e-4, ((r, c), ref, classes[r, c])
+    # A random network that predicts one class everywhere would make this test vacuous.
+    assert len(np.unique(classes[~nodata])) > 1 or height * width < 20
+
+
+def test_probabilities_and_confidence_agree_with_classes(tmp_path: Path) -> None:
+    nodata = np.zeros((9, 8), bool)
+    nodata[4, 4] = True
+    path = write_scene(tmp_path / "scene.tif", utm_grid(8, 9), nodata_pixels=nodata)
+    bundle = tiny_bundle(path, class_ids=CLASS_IDS)
+    classes, probs, conf, _ = _collect(path, bundle, block_size=4, probabilities=True,
+                                       confidence=True)
+    assert probs is not None and conf is not None
+    assert np.isnan(probs[:, 4, 4]).all() and np.isnan(conf[4, 4])
+    valid = ~nodata
+    np.testing.assert_allclose(probs[:, valid].sum(axis=0), 1.0, atol=1e-5)
+    np.testing.assert_allclose(conf[valid], probs[:, valid].max(axis=0), atol=1e-6)
+    ids = np.asarray(CLASS_IDS)[probs[:, valid].argmax(axis=0)]
+    np.testing.assert_array_equal(ids, classes[valid])
+
+
+def test_all_nodata_scene_writes_zeros(tmp_path: Path) -> None:
+    nodata = np.ones((6, 5), bool)
+    nodata[0, 0] = False  # one valid pixel so the preprocessing can be fitted
+    path = write_scene(tmp_path / "scene.tif", utm_grid(5, 6), nodata_pixels=nodata)
+    bundle = tiny_bundle(path, class_ids=CLASS_IDS)
+    classes, _, _, summary = _collect(path, bundle, block_size=3)
+    assert (classes[nodata] == 0).all() and classes[0, 0] in CLASS_IDS
+    assert summary.blocks == 4 and summary.classified == 1
+
+
+def _threads() -> set[str]:
+    return {t.name for t in threading.enumerate() if t.name.startswith("s2fin-")}
+
+
+def test_model_error_midway_propagates_and_stops_threads(tmp_path: Path) -> None:
+    path = write_scene(tmp_path / "scene.tif", utm_grid(12, 12))
+    bundle = tiny_bundle(path)
+    predictor = BlockPredictor(bundle, "cpu", batch_size=64)
+    calls = {"n": 0}
+    forward = predictor.model.forward
+
+    def failing(*args: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise RuntimeError("injected failure")
+        return forward(*args)
+
+    predictor.model.forward = failing  # type: ignore[method-assign]
+    written: list[BlockResult] = []
+    with open_stacked_scene(path) as scene, pytest.raises(RuntimeError, match="injected"):
+        predict_scene(scene, bundle, written.append, block_size=4, predictor=predictor,
+                      progress=False)
+    assert len(written) <= 2
+    assert not _threads()
+
+
+def test_writer_error_propagates(tmp_path: Path) -> None:
+    path = write_scene(tmp_path / "scene.tif", utm_grid(6, 6))
+    bundle = tiny_bundle(path)
+
+    def sink(result: BlockResult) -> None:
+        raise OSError("disk on fire")
+
+    with open_stacked_scene(path) as scene, pytest.raises(OSError, match="disk on fire"):
+        predict_scene(scene, bundle, sink, block_size=2, progress=False)
+    assert not _threads()
+
+
+def test_reader_error_propagates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_scene(tmp_path / "scene.tif", utm_grid(6, 6))
+    bundle = tiny_bundle(path)
+    with open_stacked_scene(path) as scene:
+        original = scene.read
+        count = {"n": 0}
+
+        def read(window: object, halo: int = 0) -> object:
+            count["n"] += 1
+            if count["n"] == 3:
+                raise ValueError("bad block")
+            return original(window, halo)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(scene, "read", read)
+        with pytest.raises(ValueError, match="bad block"):
+            predict_scene(scene, bundle, lambda r: None, block_size=2, progress=False)
+    assert not _threads()
