@@ -44,7 +44,6 @@ import torch
 
 from s2fin_cli import console
 from s2fin_cli.classes import ClassTable
-from s2fin_cli.device import autocast
 from s2fin_cli.errors import InputError, LabelError
 from s2fin_cli.io.grid import Grid
 from s2fin_cli.io.labels import MAX_CLASS_ID, LabelSource, VectorLabels, open_labels
@@ -54,7 +53,6 @@ from s2fin_cli.io.writer import CLASSES_TAG
 from s2fin_cli.metrics import AccuracyReport
 from s2fin_cli.model_file import ModelBundle
 from s2fin_cli.sampling import Samples, group_by_block
-from s2fin_cli.training_data import iter_sample_inputs
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -345,37 +343,33 @@ def predict_samples(
     batch_size: int = DEFAULT_BATCH_SIZE,
     *,
     model: torch.nn.Module | None = None,
-    block_size: int = 512,
-    amp: bool = True,
 ) -> np.ndarray:
     """The class id (int64, in sample order) the model predicts at every sample.
 
-    Inputs come from :func:`iter_sample_inputs` (blocks holding samples, preprocessed with the
-    model's stored statistics, ``batch_size`` patches per forward pass). ``model`` (e.g. the
-    network being trained) defaults to ``bundle.build_model(device)``; it runs in eval mode and
-    gets its previous mode back. Validity of the centres is not checked here: see
-    :func:`valid_centres`.
+    A class-id front end to :func:`s2fin_cli.training.predict_samples` (the one prediction at
+    labelled pixels, shared with training's test metrics: inputs from
+    :func:`s2fin_cli.training_data.iter_sample_inputs`, block by block, with the model's stored
+    preprocessing), run under ``torch.inference_mode``. ``model`` defaults to
+    ``bundle.build_model(device)``; a given model gets its train/eval mode back afterwards.
+    Validity of the centres is not checked here: see :func:`valid_centres`.
     """
+    from s2fin_cli.training import predict_samples as predict_indexes
+
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
     dev = torch.device(device)
-    out = np.zeros(len(samples), np.int64)
     if len(samples) == 0:
-        return out
+        return np.zeros(0, np.int64)
     net = model if model is not None else bundle.build_model(dev)
     was_training = net.training
-    net.eval()
-    lut = torch.as_tensor(bundle.classes.ids, dtype=torch.int64, device=dev)
     try:
         with torch.inference_mode():
-            for batch in iter_sample_inputs(scene, samples, bundle.preprocessor, bundle.geometry,
-                                            dev, block_size=block_size, chunk=batch_size):
-                with autocast(dev, amp):
-                    logits = net(batch.spectral, batch.spatial, batch.active)
-                out[batch.index] = lut[logits.float().argmax(dim=1)].cpu().numpy()
+            index = predict_indexes(net, scene, samples, bundle.preprocessor, bundle.geometry,
+                                    dev, batch_size=batch_size)
     finally:
         net.train(was_training)
-    return out
+    ids = np.asarray(bundle.classes.ids, np.int64)
+    return ids[index]
 
 
 def evaluate_model(
