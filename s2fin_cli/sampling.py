@@ -11,7 +11,8 @@ Order of operations (``s2fin train``):
 3. :func:`blocked_split`: a spatially blocked train/validation split of that budget. The grid is
    cut into square cells of ``block_size`` pixels; cells are visited in a seeded order and
    assigned to validation while some class they hold still needs validation pixels (about
-   ``val_fraction`` of each class), never taking a class's last training cell. Training pixels
+   ``val_fraction`` of each class), unless that would leave a class less than half its share of
+   training pixels; the best of a few seeded orders is kept. Training pixels
    whose patch would overlap a validation patch (Chebyshev distance < ``patch_size``) are then
    dropped, so no pixel value is seen by both sets. Checkpoints are selected on this validation
    set, never on test labels.
@@ -251,10 +252,17 @@ def blocked_split(
     np.add.at(per_cell, (cell_of, class_idx), 1)
     total = per_cell.sum(axis=0)
     target = np.where(total >= 2, np.maximum(1, np.round(val_fraction * total)), 0)
+    # Each class keeps at least half its fair share of training pixels, and at least one.
+    min_train = np.maximum(1, np.floor(total * (1.0 - val_fraction) / 2)).astype(np.int64)
+    order = np.argsort(cell_of, kind="stable")
+    bounds = np.searchsorted(cell_of[order], np.arange(n_cells + 1))
+    cell_members = [order[bounds[i]:bounds[i + 1]] for i in range(n_cells)]
     rng = np.random.default_rng([seed, _SPLIT_STREAM])
     best: tuple[tuple[int, int, int], np.ndarray, np.ndarray] | None = None
     for _ in range(max(1, attempts)):
-        is_val_cell = _assign_cells(rng.permutation(n_cells), per_cell, total, target)
+        is_val_cell = _assign_cells(rng.permutation(n_cells), samples, class_idx, cell_keys,
+                                    cell_members, per_cell, target, min_train, block_size,
+                                    patch_size)
         in_val = is_val_cell[cell_of]
         near = within_distance(samples.rows[~in_val], samples.cols[~in_val],
                                samples.rows[in_val], samples.cols[in_val], patch_size)
@@ -287,19 +295,40 @@ def blocked_split(
     return Split(train, val, dropped, int(is_val_cell.sum()), n_cells, block_size)
 
 
-def _assign_cells(order: np.ndarray, per_cell: np.ndarray, total: np.ndarray,
-                  target: np.ndarray) -> np.ndarray:
+def _assign_cells(order: np.ndarray, samples: Samples, class_idx: np.ndarray,
+                  cell_keys: np.ndarray, cell_members: list[np.ndarray], per_cell: np.ndarray,
+                  target: np.ndarray, min_train: np.ndarray, block_size: int,
+                  patch_size: int) -> np.ndarray:
     """Greedy: a cell goes to validation while a class it holds needs validation pixels, unless
-    it would take a class's last training pixels."""
-    val_count = np.zeros(per_cell.shape[1], np.int64)
+    that (with the training pixels it would drop next to it) leaves a class fewer than
+    ``min_train`` training pixels."""
+    n, k = len(samples), per_cell.shape[1]
+    alive = np.ones(n, bool)  # still training: not in a validation cell, not dropped near one
+    alive_count = np.bincount(class_idx, minlength=k)
+    val_count = np.zeros(k, np.int64)
     is_val_cell = np.zeros(per_cell.shape[0], bool)
+    index = {(int(r), int(c)): i for i, (r, c) in enumerate(cell_keys.tolist())}
+    reach = -(-(patch_size - 1) // block_size)
     for cell in order:
         held = per_cell[cell] > 0
-        needs = held & (val_count < target)
-        keeps_train = np.all(val_count[held] + per_cell[cell][held] < total[held])
-        if needs.any() and keeps_train:
+        if not (held & (val_count < target)).any():
+            continue
+        cr, cc = (int(v) for v in cell_keys[cell])
+        members = cell_members[cell]
+        neighbours = [cell_members[index[(cr + dr, cc + dc)]]
+                      for dr in range(-reach, reach + 1) for dc in range(-reach, reach + 1)
+                      if (dr or dc) and (cr + dr, cc + dc) in index]
+        cand = np.concatenate(neighbours) if neighbours else np.zeros(0, np.int64)
+        cand = cand[alive[cand]]
+        near = within_distance(samples.rows[cand], samples.cols[cand], samples.rows[members],
+                               samples.cols[members], patch_size)
+        lost = np.concatenate([members[alive[members]], cand[near]])
+        after = alive_count - np.bincount(class_idx[lost], minlength=k)
+        if np.all(after >= min_train):
             is_val_cell[cell] = True
             val_count += per_cell[cell]
+            alive[lost] = False
+            alive_count = after
     return is_val_cell
 
 
@@ -314,12 +343,14 @@ def within_distance(rows: np.ndarray, cols: np.ndarray, other_rows: np.ndarray,
     if rows.size == 0 or other_rows.size == 0 or distance < 1:
         return out
     r = distance - 1  # box half-width
-    trow, tcol = rows // tile, cols // tile
+    row0, col0 = int(rows.min()), int(cols.min())
+    tile = max(1, min(tile, int(max(rows.max() - row0, cols.max() - col0)) + 1))
+    trow, tcol = (rows - row0) // tile, (cols - col0) // tile
     tiles, tile_of = np.unique(np.stack([trow, tcol], 1), axis=0, return_inverse=True)
     tile_of = tile_of.reshape(-1)
     for t, (tr, tc) in enumerate(tiles.tolist()):
         idx = np.flatnonzero(tile_of == t)
-        r0, c0 = tr * tile - r, tc * tile - r
+        r0, c0 = row0 + tr * tile - r, col0 + tc * tile - r
         size = tile + 2 * r
         sel = ((other_rows >= r0) & (other_rows < r0 + size)
                & (other_cols >= c0) & (other_cols < c0 + size))

@@ -386,7 +386,7 @@ class TrainRequest:
     per_class: int | None = None
     train_fraction: float | None = None
     val_fraction: float = 0.2
-    split_block: int = 32
+    split_block: int = 16
     patch_size: int = DEFAULT_PATCH
     spectral_window: int = DEFAULT_SPECTRAL_WINDOW
     pca: int = DEFAULT_PCA
@@ -648,9 +648,9 @@ def run_training(request: TrainRequest) -> TrainSummary:
         bundle = ModelBundle(
             config=config, state_dict=result.best_state, preprocessor=pre, classes=classes,
             optical=ModalitySpec("optical", scene.optical.count, scene.optical.band_names,
-                                 scene.optical.nodata),
+                                 _json_safe(scene.optical.nodata)),
             aux=ModalitySpec(scene.aux_kind, scene.aux.count, scene.aux.band_names,
-                             scene.aux.nodata),
+                             _json_safe(scene.aux.nodata)),
             provenance=_json_safe(provenance), metrics=_json_safe(metrics),
         )
         save_model_file(output, bundle, overwrite=request.overwrite)

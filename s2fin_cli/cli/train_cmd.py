@@ -85,7 +85,7 @@ def train(
     split_block: Annotated[
         int, typer.Option("--split-block", help="Cell size in pixels of the blocked "
                           "train/validation split.")
-    ] = 32,
+    ] = 16,
     epochs: Annotated[int, typer.Option("--epochs", help="Maximum epochs.")] = _D.epochs,
     batch_size: Annotated[int, typer.Option("--batch-size")] = _D.batch_size,
     lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate (linear warm-up, "
