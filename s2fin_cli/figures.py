@@ -218,6 +218,8 @@ def map_quicklook(
     if any(counts[i] for i in range(1, size) if i not in shown):
         handles.append(Patch(facecolor=_UNKNOWN_RGBA, edgecolor="#555555",
                              label="not in the class table"))
+    if counts[0]:
+        handles.append(Patch(facecolor="white", edgecolor="#555555", label="nodata"))
     if handles:
         fig.legend(handles=handles, loc="outside right center", ncols=legend_cols, fontsize=8,
                    frameon=False, title="classes", title_fontsize=9)
