@@ -317,6 +317,7 @@ def predict_scene(
     progress: bool = True,
     json_progress: bool = False,
     predictor: BlockPredictor | None = None,
+    description: str = "predict",
 ) -> PredictionSummary:
     """Classify every pixel of ``scene`` and hand each finished block to ``sink``.
 
@@ -344,7 +345,7 @@ def predict_scene(
     pipeline = _Pipeline(read, windows, write, prefetch)
     start = time.perf_counter()
     reporter_cm: contextlib.AbstractContextManager[Any] = (
-        console.progress("predict", total, json_lines=json_progress) if progress
+        console.progress(description, total, json_lines=json_progress) if progress
         else contextlib.nullcontext())
     with reporter_cm as reporter:
         try:

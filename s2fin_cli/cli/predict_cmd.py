@@ -270,7 +270,8 @@ def predict(
             scene = _open(job, aux_bands)
         with scene, ClassMapWriter(scene.grid, bundle.classes, job.outputs) as writer:
             summary = predict_scene(scene, bundle, writer, block_size=block_size,
-                                    predictor=predictor, progress=not json_output)
+                                    predictor=predictor, progress=not json_output,
+                                    description=f"predict {job.source.name}")
         report = {
             "input": str(job.source),
             "output": str(job.outputs.classes),
