@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +20,13 @@ from s2fin_cli.evaluation import (
     predict_samples,
     valid_centres,
 )
-from s2fin_cli.inference import predict_scene
+from s2fin_cli.inference import BlockResult, predict_scene
 from s2fin_cli.io.grid import Grid
 from s2fin_cli.io.reader import open_stacked_scene
+from s2fin_cli.io.windows import window_slices
 from s2fin_cli.io.writer import write_raster
 from s2fin_cli.metrics import confusion_matrix
+from s2fin_cli.model_file import ModelBundle
 from s2fin_cli.sampling import Samples
 from tests.conftest import utm_grid
 from tests.s2fin_cli.helpers import tiny_bundle, write_scene
@@ -223,8 +226,18 @@ def test_label_lookup_by_id_and_by_name() -> None:
 # -- model mode ----------------------------------------------------------------------------------
 
 
+@dataclass
+class ModelCase:
+    tmp: Path
+    grid: Grid
+    scene: Path
+    bundle: ModelBundle
+    ref: np.ndarray
+    labels: Path
+
+
 @pytest.fixture(scope="module")
-def model_case(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def model_case(tmp_path_factory: pytest.TempPathFactory) -> ModelCase:
     tmp = tmp_path_factory.mktemp("model")
     grid = utm_grid(width=14, height=11)
     nodata = np.zeros(grid.shape, bool)
@@ -235,60 +248,53 @@ def model_case(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     ref = rng.choice(np.array([0, 0, 1, 2, 5], np.uint8), size=grid.shape)
     ref[5, 6] = 2  # labelled pixel on scene nodata: no prediction
     labels = write_raster(tmp / "ref.tif", ref, grid, nodata=0)
-    return {"tmp": tmp, "grid": grid, "scene": scene_path, "bundle": bundle, "ref": ref,
-            "labels": labels}
+    return ModelCase(tmp, grid, scene_path, bundle, ref, labels)
 
 
-def test_model_mode_equals_evaluating_the_predicted_map(model_case: dict[str, object]) -> None:
-    bundle, scene_path = model_case["bundle"], model_case["scene"]
-    grid, tmp = model_case["grid"], model_case["tmp"]
-    assert isinstance(grid, Grid) and isinstance(tmp, Path) and isinstance(scene_path, Path)
-    predicted = np.zeros(grid.shape, np.uint8)
-    with open_stacked_scene(scene_path) as scene:
-        ev = evaluate_model(bundle, scene, model_case["labels"])  # type: ignore
+def test_model_mode_equals_evaluating_the_predicted_map(model_case: ModelCase) -> None:
+    case = model_case
+    predicted = np.zeros(case.grid.shape, np.uint8)
 
-        def sink(result):  # type: ignore[no-untyped-def]
-            w = result.window
-            predicted[w.row_off:w.row_off + w.height, w.col_off:w.col_off + w.width] = \
-                result.classes
-        predict_scene(scene, bundle, sink, block_size=64, progress=False)  # type: ignore[arg-type]
+    def sink(result: BlockResult) -> None:
+        rows, cols = window_slices(result.window)
+        predicted[rows, cols] = result.classes
+
+    with open_stacked_scene(case.scene) as scene:
+        ev = evaluate_model(case.bundle, scene, case.labels)
+        predict_scene(scene, case.bundle, sink, block_size=64, progress=False)
     assert predicted[5, 6] == 0 and len(np.unique(predicted)) > 2  # varied predictions
-    map_path = write_raster(tmp / "pred.tif", predicted, grid, nodata=0,
-                            classes=bundle.classes)  # type: ignore[attr-defined]
-    by_map = evaluate_map(map_path, model_case["labels"], progress=False)  # type: ignore
+    map_path = write_raster(case.tmp / "pred.tif", predicted, case.grid, nodata=0,
+                            classes=case.bundle.classes)
+    by_map = evaluate_map(map_path, case.labels, progress=False)
     np.testing.assert_array_equal(ev.report.matrix, by_map.report.matrix)
     assert ev.mode == "model" and ev.report.n_unpredicted == 1
     assert [c.id for c in ev.report.classes] == [1, 2, 5]
 
 
-def test_predict_samples_returns_class_ids_and_keeps_model_mode(
-        model_case: dict[str, object]) -> None:
-    bundle, scene_path = model_case["bundle"], model_case["scene"]
-    assert isinstance(scene_path, Path)
+def test_predict_samples_returns_class_ids_and_keeps_model_mode(model_case: ModelCase) -> None:
+    bundle = model_case.bundle
     samples = Samples(np.array([0, 3, 10]), np.array([0, 7, 13]), np.array([1, 2, 5]))
-    model = bundle.build_model("cpu")  # type: ignore[attr-defined]
+    model = bundle.build_model("cpu")
     model.train()
-    with open_stacked_scene(scene_path) as scene:
-        ids = predict_samples(bundle, scene, samples, "cpu", 2, model=model)  # type: ignore
+    with open_stacked_scene(model_case.scene) as scene:
+        ids = predict_samples(bundle, scene, samples, "cpu", 2, model=model)
         assert model.training
         assert set(ids.tolist()) <= {1, 2, 5} and ids.dtype == np.int64
-        again = predict_samples(bundle, scene, samples, torch.device("cpu"), 512)  # type: ignore
+        again = predict_samples(bundle, scene, samples, torch.device("cpu"), 512)
         np.testing.assert_array_equal(ids, again)
         valid = valid_centres(scene, Samples(np.array([5, 0]), np.array([6, 0]),
                                              np.array([1, 1])))
         assert valid.tolist() == [False, True]
-        assert predict_samples(bundle, scene, Samples.empty()).size == 0  # type: ignore
+        assert predict_samples(bundle, scene, Samples.empty()).size == 0
 
 
-def test_model_mode_unknown_label_ids(model_case: dict[str, object]) -> None:
-    tmp, grid, ref = model_case["tmp"], model_case["grid"], model_case["ref"]
-    assert isinstance(tmp, Path) and isinstance(grid, Grid) and isinstance(ref, np.ndarray)
-    ref3 = ref.copy()
+def test_model_mode_unknown_label_ids(model_case: ModelCase) -> None:
+    ref3 = model_case.ref.copy()
     ref3[0, 0] = 3
-    labels = write_raster(tmp / "ref3.tif", ref3, grid, nodata=0, overwrite=True)
-    with open_stacked_scene(model_case["scene"]) as scene:  # type: ignore[arg-type]
+    labels = write_raster(model_case.tmp / "ref3.tif", ref3, model_case.grid, nodata=0,
+                          overwrite=True)
+    with open_stacked_scene(model_case.scene) as scene:
         with pytest.raises(LabelError, match=r"unknown to the model: 3 \(1 px\)"):
-            evaluate_model(model_case["bundle"], scene, labels)  # type: ignore[arg-type]
-        ev = evaluate_model(model_case["bundle"], scene, labels,  # type: ignore[arg-type]
-                            exclude_unknown=True)
+            evaluate_model(model_case.bundle, scene, labels)
+        ev = evaluate_model(model_case.bundle, scene, labels, exclude_unknown=True)
     assert ev.excluded == {3: 1}
