@@ -68,6 +68,7 @@ __all__ = [
 
 DEFAULT_BLOCK_SIZE = 1024  # map mode: side of the blocks of map and labels read at a time
 DEFAULT_BATCH_SIZE = 512  # model mode: patches per forward pass
+_PROGRESS_BLOCKS = 16  # map mode: a progress bar/lines only for maps of at least this many blocks
 
 Mode = Literal["map", "model"]
 
@@ -262,7 +263,8 @@ def evaluate_map(
             labelled = 0
             total = block_count(grid.height, grid.width, block_size)
             reporter: AbstractContextManager[Any] = (
-                console.progress("evaluate", total) if progress else nullcontext())
+                console.progress("evaluate", total) if progress and total >= _PROGRESS_BLOCKS
+                else nullcontext())
             with reporter as rep:
                 for window in iter_blocks(grid.height, grid.width, block_size):
                     ref_raw = source.read(window)
