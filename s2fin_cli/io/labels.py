@@ -122,7 +122,7 @@ class RasterLabels(LabelSource):
         super().__init__(path, grid, classes)
         self._nodata = ds.nodata
         alignment = align_to_grid(ds, grid, label=f"labels {path.name}",
-                                  resampling=Resampling.nearest)
+                                  resampling=Resampling.nearest, reference_label="the scene grid")
         for text in alignment.notes:
             console.note(text)
         self._source = alignment.source
