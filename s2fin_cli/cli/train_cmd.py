@@ -98,6 +98,10 @@ def train(
     ] = _D.patience,
     seed: Seed = 0,
     device: Device = "auto",
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="CPU threads for torch (default 1: small "
+                                 "patch batches run fastest single-threaded).")
+    ] = None,
     patch_size: Annotated[
         int, typer.Option("--patch-size", help="Spatial patch side, odd, 7..15.")
     ] = DEFAULT_PATCH,
@@ -145,7 +149,7 @@ def train(
         per_class=per_class, train_fraction=train_fraction, val_fraction=val_fraction,
         split_block=split_block, patch_size=patch_size, spectral_window=spectral_window,
         pca=pca, dim=dim, depth=depth, ablate=parse_ablate(ablate), settings=settings,
-        device=device, resume=resume, keep_checkpoint=keep_checkpoint,
+        device=device, threads=threads, resume=resume, keep_checkpoint=keep_checkpoint,
         json_lines=json_output, stop_after=stop_after_epoch,
     )
     try:
