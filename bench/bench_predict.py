@@ -49,7 +49,11 @@ sys.path.insert(0, str(REPO))
 
 from models import S2Fin, S2FinConfig  # noqa: E402
 from s2fin_cli.classes import ClassTable  # noqa: E402
-from s2fin_cli.inference import BlockPredictor, predict_scene  # noqa: E402
+from s2fin_cli.inference import (  # noqa: E402
+    DEFAULT_CPU_BATCH_SIZE,
+    BlockPredictor,
+    predict_scene,
+)
 from s2fin_cli.io.classmap import ClassMapWriter, MapOutputs  # noqa: E402
 from s2fin_cli.io.grid import Grid  # noqa: E402
 from s2fin_cli.io.reader import (  # noqa: E402
@@ -192,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bands", type=int, default=64)
     ap.add_argument("--config", choices=("default", "tiny"), default="default")
     ap.add_argument("--valid-fraction", type=float, default=0.015)
-    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=DEFAULT_CPU_BATCH_SIZE)
     ap.add_argument("--block-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--bc-pixels", type=int, default=2048, help="pixels timed for (b) and (c)")
@@ -246,13 +250,16 @@ def main(argv: list[str] | None = None) -> None:
 
         if args.skip_rss:
             return
-        # Same valid pixels (a 24x24 square: at least one full batch) in both scenes: the
-        # computation is identical, only the area read and written grows.
+        # The same valid pixels in both scenes (24x24 squares, each at least one full batch: in
+        # the first block and in the last one, so the last forward pass runs after the whole
+        # scene went through the pipeline): the computation is identical, only the area read
+        # and written grows.
         results = []
         for factor in (1, args.rss_scale):
             side = size * factor
             mask = np.zeros((side, side), bool)
             mask[100:124, 100:124] = True
+            mask[side - 30:side - 6, side - 30:side - 6] = True
             path = tmp / f"rss{factor}.tif"
             write_scene(path, side, args.bands, mask, args.seed)
             r = rss_child(path, tmp / "model.s2fin", tmp / f"rss{factor}.classes.tif",

@@ -40,6 +40,7 @@ from s2fin_cli.errors import ConfigError, InputError, OutputError, S2finError
 from s2fin_cli.inference import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_BLOCK_SIZE,
+    DEFAULT_CPU_BATCH_SIZE,
     BlockPredictor,
     predict_scene,
 )
@@ -233,8 +234,11 @@ def predict(
     overwrite: Overwrite = False,
     device: Device = "auto",
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Patches per forward pass.")
-    ] = DEFAULT_BATCH_SIZE,
+        int | None,
+        typer.Option("--batch-size", min=1, show_default=False,
+                     help=f"Patches per forward pass (default: {DEFAULT_BATCH_SIZE} on CUDA, "
+                     f"{DEFAULT_CPU_BATCH_SIZE} on the CPU)."),
+    ] = None,
     block_size: Annotated[
         int, typer.Option("--block-size", min=1, help="Side of the blocks read, classified and "
                           "written at a time (memory follows it).")
