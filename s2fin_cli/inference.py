@@ -285,6 +285,10 @@ class _Pipeline:
             self._put(self._out, self._DONE)
             while self._writer.is_alive():
                 self._writer.join(timeout=_POLL_S)
+        except _Stop:
+            self.abort()
+            self._raise_worker_error()
+            raise
         except BaseException:
             self.abort()
             raise

@@ -184,6 +184,21 @@ def test_writer_error_propagates(tmp_path: Path) -> None:
     assert not _threads()
 
 
+def test_writer_error_on_last_block_propagates(tmp_path: Path) -> None:
+    path = write_scene(tmp_path / "scene.tif", utm_grid(5, 5))
+    bundle = tiny_bundle(path)
+    seen: list[BlockResult] = []
+
+    def sink(result: BlockResult) -> None:
+        seen.append(result)
+        if len(seen) == 4:
+            raise OSError("last block lost")
+
+    with open_stacked_scene(path) as scene, pytest.raises(OSError, match="last block lost"):
+        predict_scene(scene, bundle, sink, block_size=3, progress=False)
+    assert not _threads()
+
+
 def test_reader_error_propagates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_scene(tmp_path / "scene.tif", utm_grid(6, 6))
     bundle = tiny_bundle(path)
