@@ -8,6 +8,8 @@ ops are not counted), the peak float32 matmul FLOP/s measured in the same run, a
 achieved / peak.
 
     python3 bench/bench_model.py --batch-size 256 --repeats 5 --device cpu
+
+Timings on a shared CPU depend on what else runs: the load average before the run is printed.
 """
 
 from __future__ import annotations
@@ -81,7 +83,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -115,9 +115,14 @@ class SpectralHighPass(nn.Module):
         tau = tau.reshape(tau.shape[0], *([1] * (x.dim() - 2)))
         return spectral_highpass(x, tau, self.temperature)
 
-    def forward(self, x: Tensor, tau: Tensor, beta: Tensor) -> Tensor:
+    def boost(self, x: Tensor, tau: Tensor, beta: Tensor) -> Tensor:
+        """beta * highpass(x; tau): what the filter adds to x."""
         beta = beta.reshape(beta.shape[0], *([1] * (x.dim() - 1)))
-        return x + beta.to(x.dtype) * self.highpass(x, tau)
+        return beta.to(x.dtype) * self.highpass(x, tau)
+
+    def forward(self, x: Tensor, tau: Tensor, beta: Tensor) -> Tensor:
+        """The enhanced spectra x + beta * highpass(x; tau)."""
+        return x + self.boost(x, tau, beta)
 
 
 class HFSET(nn.Module):
@@ -174,7 +179,7 @@ class HFSET(nn.Module):
         tau, beta = self._filter_parameters(t)
         # embed(x + beta * hp(x)) - embed(x) = W (beta * hp(x)): swap in the enhanced spectra's
         # embedding without a second projection matrix.
-        boost = self.filter(x, tau, beta) - x
+        boost = self.filter.boost(x, tau, beta)
         t = t + F.linear(boost.to(t.dtype), self.embed.weight.to(t.dtype))
         for block in self.blocks[1:]:
             t = block(t)
