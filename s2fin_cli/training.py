@@ -705,9 +705,9 @@ def _warn_split(split: Split, classes: ClassTable, val_fraction: float) -> None:
 def _read_test_labels(request: TrainRequest, scene: Scene, classes: ClassTable,
                       training: Samples) -> Samples:
     assert request.test_labels is not None
-    points, _ = read_label_points(request.test_labels, scene.grid,
-                                  label_field=request.label_field)
-    test = Samples.from_points(points).sorted()
+    points, test_table = read_label_points(request.test_labels, scene.grid,
+                                           label_field=request.label_field)
+    test = _match_class_names(Samples.from_points(points), test_table, classes).sorted()
     unknown = sorted(set(np.unique(test.classes).tolist()) - set(classes.ids))
     if unknown:
         raise LabelError(f"test labels {Path(request.test_labels).name} hold class id(s) "
@@ -718,6 +718,22 @@ def _read_test_labels(request: TrainRequest, scene: Scene, classes: ClassTable,
         console.warn(f"{overlap} test pixel(s) are also training labels: the test is not "
                      "independent (use disjoint test labels)")
     return test
+
+
+def _match_class_names(samples: Samples, table: ClassTable, classes: ClassTable) -> Samples:
+    """Give test pixels the training ids of their class names where both files name classes
+    (vector labels number their names 1..N per file, so ids alone may disagree)."""
+    by_name = {c.name: c.id for c in classes if c.name != f"class {c.id}"}
+    mapping = {c.id: by_name[c.name] for c in table if c.name in by_name}
+    if not mapping or all(k == v for k, v in mapping.items()):
+        return samples
+    lut = np.arange(max(int(samples.classes.max()), max(mapping)) + 1, dtype=np.int64)
+    for old, new in mapping.items():
+        lut[old] = new
+    console.note("matched test classes to training classes by name: "
+                 + ", ".join(f"{table.name_of(k)} {k}->{v}" for k, v in mapping.items()
+                             if k != v))
+    return Samples(samples.rows, samples.cols, lut[samples.classes])
 
 
 def _input_files(request: TrainRequest, scene: Scene) -> dict[str, dict[str, Any]]:

@@ -177,3 +177,16 @@ def test_ablate_names_are_checked() -> None:
     assert parse_ablate("hfset, long-range") == ("hfset", "long_range")
     with pytest.raises(ConfigError, match="unknown"):
         parse_ablate("hfset,attention")
+
+
+def test_test_classes_are_matched_to_training_classes_by_name() -> None:
+    from s2fin_cli.classes import ClassTable
+    from s2fin_cli.training import _match_class_names
+
+    train = ClassTable.from_ids([1, 2, 3], {1: "grass", 2: "road", 3: "water"})
+    test = ClassTable.from_ids([1, 2], {1: "road", 2: "water"})
+    samples = Samples(np.array([0, 1, 2]), np.array([0, 0, 0]), np.array([1, 2, 1]))
+    assert _match_class_names(samples, test, train).classes.tolist() == [2, 3, 2]
+    unnamed = ClassTable.from_ids([1, 2])
+    assert _match_class_names(samples, unnamed, ClassTable.from_ids([1, 2, 3])).classes.tolist() \
+        == [1, 2, 1]
