@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import rasterio
 import typer
 from rich.table import Table
 
@@ -50,6 +51,8 @@ from s2fin_cli.io.writer import check_output_path, parse_creation_options, qml_p
 from s2fin_cli.model_file import DEFAULT_MODEL_PATH, ModelBundle, load_model_file
 
 _GLOB_CHARS = set("*?[")
+# GDAL block cache while predicting (MB): enough for the halo re-reads of a few tiles.
+GDAL_CACHEMAX_MB = 128
 
 
 @dataclass(frozen=True)
@@ -257,6 +260,23 @@ def predict(
     jobs = plan_jobs(scene_paths, hsi, lidar, sar, output, probabilities, confidence, cog=cog,
                      creation_options=parse_creation_options(co or []), overwrite=overwrite,
                      tags=tags)
+    with _bounded_gdal_cache():
+        _run(jobs, bundle, model_path, aux_bands, device, batch_size, block_size, json_output)
+
+
+@contextmanager
+def _bounded_gdal_cache() -> Iterator[None]:
+    """GDAL's block cache defaults to 5 % of RAM and fills with the tiles of the scene: without a
+    cap, memory would grow with the scene up to that. ``GDAL_CACHEMAX`` in the environment wins."""
+    if "GDAL_CACHEMAX" in os.environ:
+        yield
+        return
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB):
+        yield
+
+
+def _run(jobs: list[Job], bundle: ModelBundle, model_path: Path, aux_bands: int | None,
+         device: str, batch_size: int | None, block_size: int, json_output: bool) -> None:
     check_jobs(jobs, bundle, aux_bands)
     torch_device = select_device(device)
     predictor_model = bundle.build_model(torch_device)
