@@ -136,10 +136,14 @@ class BlockPredictor:
         self.lut = np.asarray(bundle.classes.ids, dtype=np.int64)
         self._lut = torch.as_tensor(self.lut, device=self.device)
 
-    def to_device(self, array: np.ndarray) -> Tensor:
+    def stage(self, array: np.ndarray) -> Tensor:
+        """A host tensor ready for the device: page-locked on CUDA so the copy is asynchronous.
+        Called in the reader thread, off the critical path."""
         tensor = torch.from_numpy(np.ascontiguousarray(array))
-        if self.device.type == "cuda":
-            tensor = tensor.pin_memory()
+        return tensor.pin_memory() if self.device.type == "cuda" else tensor
+
+    def to_device(self, array: np.ndarray | Tensor) -> Tensor:
+        tensor = array if isinstance(array, Tensor) else self.stage(array)
         return tensor.to(self.device, non_blocking=True)
 
     @torch.inference_mode()
@@ -150,7 +154,10 @@ class BlockPredictor:
         return out.float()
 
     @torch.inference_mode()
-    def __call__(self, block: SceneBlock, core_valid: np.ndarray | None = None) -> BlockResult:
+    def __call__(self, block: SceneBlock, core_valid: np.ndarray | None = None,
+                 staged: tuple[Tensor, Tensor] | None = None) -> BlockResult:
+        """Classify the valid centres of ``block`` (``core_valid`` and the ``staged`` host
+        tensors of its optical and aux arrays may be precomputed by the reader thread)."""
         rows_n, cols_n = int(block.window.height), int(block.window.width)
         valid = block.core_valid if core_valid is None else core_valid
         centres = np.flatnonzero(valid)
@@ -160,8 +167,10 @@ class BlockPredictor:
         probs = (torch.full((n_classes, rows_n * cols_n), float("nan"), device=self.device)
                  if want_p else None)
         if centres.size:
-            optical, reduced, aux = self.preprocess(self.to_device(block.optical),
-                                                    self.to_device(block.aux))
+            host_optical, host_aux = staged if staged is not None else (block.optical,
+                                                                         block.aux)
+            optical, reduced, aux = self.preprocess(self.to_device(host_optical),
+                                                    self.to_device(host_aux))
             flat = torch.from_numpy(centres).to(self.device)
             for start in range(0, flat.numel(), self.batch_size):
                 idx = flat[start:start + self.batch_size]
@@ -183,6 +192,10 @@ class BlockPredictor:
         return out
 
 
+# What the reader thread hands over: the block, its valid centres, host tensors for the device.
+_Staged = tuple[SceneBlock, np.ndarray, tuple[Tensor, Tensor]]
+
+
 class _Stop(Exception):
     """Raised inside a worker when the pipeline was stopped by another thread."""
 
@@ -192,7 +205,7 @@ class _Pipeline:
 
     _DONE = object()
 
-    def __init__(self, read: Callable[[Window], tuple[SceneBlock, np.ndarray]],
+    def __init__(self, read: Callable[[Window], _Staged],
                  windows: list[Window], write: Callable[[BlockResult], None], depth: int) -> None:
         self._read = read
         self._windows = windows
@@ -254,7 +267,7 @@ class _Pipeline:
         if self._errors:
             raise self._errors[0]
 
-    def blocks(self) -> Iterator[tuple[SceneBlock, np.ndarray]]:
+    def blocks(self) -> Iterator[_Staged]:
         """Blocks as the reader delivers them; re-raises a worker's exception."""
         self._reader.start()
         self._writer.start()
@@ -345,9 +358,10 @@ def predict_scene(
     halo = predictor.halo
     grid = scene.grid
 
-    def read(window: Window) -> tuple[SceneBlock, np.ndarray]:
+    def read(window: Window) -> _Staged:
         block = scene.read(window, halo)
-        return block, block.core_valid
+        return block, block.core_valid, (predictor.stage(block.optical),
+                                         predictor.stage(block.aux))
 
     write = _as_writer(sink)
 
@@ -361,8 +375,8 @@ def predict_scene(
         else contextlib.nullcontext())
     with reporter_cm as reporter:
         try:
-            for block, core_valid in pipeline.blocks():
-                result = predictor(block, core_valid)
+            for block, core_valid, staged in pipeline.blocks():
+                result = predictor(block, core_valid, staged)
                 summary.add(result, predictor.lut)
                 pipeline.emit(result)
                 if reporter is not None:
