@@ -1,0 +1,253 @@
+"""docs/benchmarks.md from the runs: every number in it comes from :mod:`s2fin_cli.metrics`."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bench.accuracy.methods import ABLATED, BASELINES, LABELS, S2FIN
+from bench.accuracy.scenes import BenchScene
+from s2fin_cli.classes import ClassTable
+from s2fin_cli.metrics import AccuracyReport, format_mean_std, mean_std
+
+METRICS = (("overall_accuracy", "OA"), ("average_accuracy", "AA"), ("kappa", "κ"))
+
+
+@dataclass
+class Run:
+    scene: str
+    n: int
+    seed: int
+    method: str
+    report: AccuracyReport
+    train_seconds: float
+    predict_seconds: float
+    n_train: int
+    n_test: int
+    excluded: int
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.report
+        return {"scene": self.scene, "n": self.n, "seed": self.seed, "method": self.method,
+                "oa": r.overall_accuracy, "aa": r.average_accuracy, "kappa": r.kappa,
+                "train_seconds": round(self.train_seconds, 3),
+                "predict_seconds": round(self.predict_seconds, 3), "n_train": self.n_train,
+                "n_test": self.n_test, "excluded_near_training": self.excluded,
+                "report": r.to_json()}
+
+
+@dataclass
+class SceneResult:
+    bench: BenchScene
+    classes: ClassTable
+    pool_counts: dict[int, int]
+    test_available: dict[int, int]
+    candidate_counts: dict[int, int]
+    dropped_classes: list[tuple[int, str, str]]
+    dropped_nodata: int
+    seeds: list[int]
+    ns: list[int]
+    methods_at: dict[int, list[str]]
+    wall_seconds: float = 0.0
+    runs: list[Run] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def cell(self, method: str, n: int) -> dict[str, Any] | None:
+        reports = [r.report for r in self.runs if r.method == method and r.n == n]
+        return mean_std(reports) if reports else None
+
+
+def _fmt(stats: dict[str, Any] | None, metric: str) -> str:
+    if stats is None:
+        return "·"
+    if metric == "kappa":
+        return format_mean_std(stats[metric], percent=False, digits=3)
+    return format_mean_std(stats[metric])
+
+
+def _mean(stats: dict[str, Any] | None, metric: str) -> float:
+    if stats is None or stats[metric]["mean"] is None:
+        return math.nan
+    return float(stats[metric]["mean"])
+
+
+def _std(stats: dict[str, Any] | None, metric: str) -> float:
+    if stats is None or stats[metric]["std"] is None:
+        return math.nan
+    return float(stats[metric]["std"])
+
+
+def headline_n(ns: list[int]) -> int:
+    return 10 if 10 in ns else ns[len(ns) // 2]
+
+
+def verdict(result: SceneResult, n: int) -> tuple[bool | None, str]:
+    """(S²Fin ahead of every baseline on OA, AA and Kappa?, one generated sentence)."""
+    full = result.cell(S2FIN, n)
+    baselines = [b for b in BASELINES if result.cell(b, n) is not None]
+    if full is None or not baselines:
+        return None, f"No S²Fin-versus-baseline comparison at N = {n} (not run)."
+    losses = []
+    for metric, short in METRICS:
+        ours = _mean(full, metric)
+        beaten_by = [(b, _mean(result.cell(b, n), metric)) for b in baselines
+                     if _mean(result.cell(b, n), metric) >= ours]
+        for b, value in beaten_by:
+            scale = 1 if metric == "kappa" else 100
+            digits = 3 if metric == "kappa" else 2
+            losses.append(f"{short}: {LABELS[b]} {scale * value:.{digits}f} vs S²Fin "
+                          f"{scale * ours:.{digits}f}")
+    best = max(baselines, key=lambda b: _mean(result.cell(b, n), "overall_accuracy"))
+    gap = 100 * (_mean(full, "overall_accuracy") - _mean(result.cell(best, n),
+                                                         "overall_accuracy"))
+    spread = 100 * max(_std(full, "overall_accuracy"),
+                       _std(result.cell(best, n), "overall_accuracy"))
+    if not losses:
+        within = (" (the OA gap is within one standard deviation over seeds)"
+                  if not math.isnan(spread) and abs(gap) <= spread else "")
+        return True, (f"At N = {n}, S²Fin is **ahead of every baseline** on OA, AA and Kappa; "
+                      f"the best baseline is {LABELS[best]} (OA {gap:+.2f} points for S²Fin)"
+                      f"{within}.")
+    return False, (f"At N = {n}, S²Fin is **not ahead of every baseline**: "
+                   + "; ".join(losses) + ".")
+
+
+def _class_table(result: SceneResult) -> list[str]:
+    lines = ["| id | class | training-eligible | test available | test scored (cap) |",
+             "|---:|---|---:|---:|---:|"]
+    for c in result.classes:
+        lines.append(f"| {c.id} | {c.name} | {result.pool_counts.get(c.id, 0)} | "
+                     f"{result.test_available.get(c.id, 0)} | "
+                     f"{result.candidate_counts.get(c.id, 0)} |")
+    return lines
+
+
+def _main_table(result: SceneResult) -> list[str]:
+    head = "| method |" + "".join(f" N={n} OA % | N={n} AA % | N={n} κ |" for n in result.ns)
+    sep = "|---|" + "---:|" * (3 * len(result.ns))
+    lines = [head, sep]
+    methods = [m for m in (*BASELINES, S2FIN, *ABLATED)
+               if any(m in result.methods_at.get(n, []) for n in result.ns)]
+    for m in methods:
+        cells = []
+        for n in result.ns:
+            stats = result.cell(m, n)
+            cells += [_fmt(stats, metric) for metric, _ in METRICS]
+        name = f"**{LABELS[m]}**" if m == S2FIN else LABELS[m]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _ablation_table(result: SceneResult, n: int) -> list[str]:
+    full = result.cell(S2FIN, n)
+    rows = [(m, result.cell(m, n)) for m in ABLATED if result.cell(m, n) is not None]
+    if full is None or not rows:
+        return [f"Ablations were not run at N = {n}."]
+    lines = [f"Cost of removing each module at N = {n} (full minus ablated, mean over seeds; "
+             "positive = the module helps):", "",
+             "| variant | OA % | AA % | κ | ΔOA (points) | ΔAA (points) | Δκ |",
+             "|---|---:|---:|---:|---:|---:|---:|",
+             f"| S²Fin (full) | {_fmt(full, 'overall_accuracy')} | "
+             f"{_fmt(full, 'average_accuracy')} | {_fmt(full, 'kappa')} | | | |"]
+    for m, stats in rows:
+        d_oa = 100 * (_mean(full, "overall_accuracy") - _mean(stats, "overall_accuracy"))
+        d_aa = 100 * (_mean(full, "average_accuracy") - _mean(stats, "average_accuracy"))
+        d_k = _mean(full, "kappa") - _mean(stats, "kappa")
+        lines.append(f"| {LABELS[m]} | {_fmt(stats, 'overall_accuracy')} | "
+                     f"{_fmt(stats, 'average_accuracy')} | {_fmt(stats, 'kappa')} | "
+                     f"{d_oa:+.2f} | {d_aa:+.2f} | {d_k:+.3f} |")
+    return lines
+
+
+def ablation_costs(result: SceneResult, n: int) -> dict[str, float]:
+    full = result.cell(S2FIN, n)
+    out = {}
+    for m in ABLATED:
+        stats = result.cell(m, n)
+        if full is not None and stats is not None:
+            out[m.removeprefix("s2fin-no-")] = 100 * (_mean(full, "overall_accuracy")
+                                                       - _mean(stats, "overall_accuracy"))
+    return out
+
+
+def _timing_lines(results: list[SceneResult]) -> list[str]:
+    train: dict[str, list[float]] = defaultdict(list)
+    pred: dict[str, list[float]] = defaultdict(list)
+    for res in results:
+        for r in res.runs:
+            train[r.method].append(r.train_seconds)
+            pred[r.method].append(r.predict_seconds)
+    lines = ["| method | runs | mean train s | mean predict s |", "|---|---:|---:|---:|"]
+    for m in (*BASELINES, S2FIN, *ABLATED):
+        if train.get(m):
+            lines.append(f"| {LABELS[m]} | {len(train[m])} | {np.mean(train[m]):.2f} | "
+                         f"{np.mean(pred[m]):.2f} |")
+    return lines
+
+
+def render(results: list[SceneResult], meta: dict[str, Any]) -> str:
+    """The whole markdown document."""
+    ns = meta["ns"]
+    hn = headline_n(ns)
+    out = ["# Accuracy benchmark: limited labels, baselines, ablations", "",
+           "Generated by `bench/accuracy` (do not edit by hand; rerun the command below).", ""]
+    if meta.get("quick"):
+        out += ["> **Quick run** (`--quick`): tiny scenes, few steps, few seeds. These numbers "
+                "check the machinery; they are not the benchmark.", ""]
+    out += ["## How this was produced", "",
+            "```", meta["command"], "```", "",
+            f"* Finished {meta['finished']}, wall time **{meta['wall_minutes']:.1f} min** "
+            f"(git {meta['git']}).",
+            f"* Machine: {meta['machine']}.",
+            f"* {meta['threads_note']}",
+            "", "### Protocol", ""]
+    out += [f"* {line}" for line in meta["protocol_lines"]]
+    out += ["", "### Reductions to fit the CPU budget", ""]
+    out += [f"* {line}" for line in meta["reduction_lines"]]
+    out += ["", f"## Headline: N = {hn} labelled pixels per class", "",
+            "OA % (mean ± std over seeds); the last column says whether S²Fin's mean beats "
+            "every baseline's mean on all of OA, AA and Kappa.", ""]
+    methods = [m for m in (*BASELINES, S2FIN)
+               if any(r.cell(m, hn) is not None for r in results)]
+    out.append("| scene | " + " | ".join(LABELS[m] for m in methods) + " | S²Fin ahead? |")
+    out.append("|---|" + "---:|" * len(methods) + ":---:|")
+    for res in results:
+        ok, _ = verdict(res, hn)
+        flag = "–" if ok is None else ("yes" if ok else "**no**")
+        out.append(f"| {res.bench.title} | "
+                   + " | ".join(_fmt(res.cell(m, hn), "overall_accuracy") for m in methods)
+                   + f" | {flag} |")
+    costs = {res.bench.key: ablation_costs(res, hn) for res in results}
+    if any(costs.values()):
+        modules = [m.removeprefix("s2fin-no-") for m in ABLATED]
+        out += ["", f"OA cost of removing each module at N = {hn} (S²Fin full minus ablated, "
+                "OA points; positive = the module helps):", "",
+                "| scene | " + " | ".join(modules) + " |", "|---|" + "---:|" * len(modules)]
+        for res in results:
+            c = costs[res.bench.key]
+            out.append(f"| {res.bench.title} | "
+                       + " | ".join(f"{c[m]:+.2f}" if m in c else "·" for m in modules) + " |")
+    for res in results:
+        out += ["", f"## {res.bench.title}", "", res.bench.description + ".", ""]
+        ok, sentence = verdict(res, hn)
+        out += [sentence, ""]
+        if res.bench.caveats:
+            out += ["Caveats:", ""] + [f"* {c}" for c in res.bench.caveats] + [""]
+        for note in res.notes:
+            out.append(f"* {note}")
+        if res.dropped_classes:
+            out.append("* Classes left out: " + "; ".join(
+                f"{name} (id {cid}): {why}" for cid, name, why in res.dropped_classes) + ".")
+        if res.dropped_nodata:
+            out.append(f"* {res.dropped_nodata} labelled pixels on scene nodata dropped.")
+        out.append(f"* Seeds {', '.join(str(s) for s in res.seeds)}; "
+                   f"{res.bench.split_kind}; scene wall time {res.wall_seconds / 60:.1f} min.")
+        out += ["", *_class_table(res), "", *_main_table(res), "",
+                "`·` = not run at this N (see the reductions above).", "",
+                *_ablation_table(res, hn)]
+    out += ["", "## Run times (this machine, 1 thread per run)", "", *_timing_lines(results), ""]
+    return "\n".join(out) + "\n"
