@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from s2fin_cli.inference import BlockPredictor, BlockResult, PredictionSummary, predict_scene
+from s2fin_cli.inference import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CPU_BATCH_SIZE,
+    BlockPredictor,
+    BlockResult,
+    PredictionSummary,
+    default_batch_size,
+    predict_scene,
+)
 from s2fin_cli.io.reader import open_stacked_scene
 from s2fin_cli.model_file import ModelBundle
 from tests.conftest import utm_grid
@@ -216,3 +224,22 @@ def test_reader_error_propagates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         with pytest.raises(ValueError, match="bad block"):
             predict_scene(scene, bundle, lambda r: None, block_size=2, progress=False)
     assert not _threads()
+
+
+def test_default_batch_size_follows_device() -> None:
+    assert default_batch_size("cpu") == DEFAULT_CPU_BATCH_SIZE
+    assert default_batch_size(torch.device("cuda", 0)) == DEFAULT_BATCH_SIZE
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_with_amp_matches_cpu(tmp_path: Path) -> None:
+    path = write_scene(tmp_path / "scene.tif", utm_grid(30, 20))
+    bundle = tiny_bundle(path, class_ids=CLASS_IDS)
+    cpu, _, _, _ = _collect(path, bundle, block_size=8)
+    gpu, probs, _, summary = _collect(path, bundle, block_size=8, device="cuda",
+                                      probabilities=True)
+    assert summary.device.startswith("cuda")
+    assert probs is not None and np.isfinite(probs).all()
+    # bf16/fp16 autocast may flip near-ties only.
+    assert (cpu == gpu).mean() > 0.95
