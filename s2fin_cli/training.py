@@ -10,6 +10,13 @@ its own generator (shuffle, augmentation) from ``(seed, epoch)``. After every ep
 written atomically) holds the weights, the optimizer state, the best weights so far, the
 early-stopping state and the preprocessing, so ``--resume`` continues a killed run to the same
 final weights as an uninterrupted run. The checkpoint is removed once the model file is written.
+
+Under torchrun (``dist``, a :class:`s2fin_cli.distributed.DistContext`) the same loop runs data
+parallel: every rank draws the same global batches of ``batch_size x world_size`` samples from
+the per-epoch permutation and trains on every ``world_size``-th of them (DDP averages the
+gradients, the loss is weighted so the step equals a single-process step on the global batch),
+metrics are all-reduced so every rank takes the same early-stopping decision, and rank 0 alone
+writes the checkpoint, the model file and the report. docs/distributed.md has the details.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -35,6 +43,7 @@ from models import S2Fin, S2FinConfig, parameter_table
 from s2fin_cli import __version__, console
 from s2fin_cli.classes import ClassTable
 from s2fin_cli.device import autocast, select_device
+from s2fin_cli.distributed import DEBUG_DIGEST_ENV, DistContext, rank_seed, state_digest
 from s2fin_cli.errors import ConfigError, LabelError, ModelFileError
 from s2fin_cli.io.labels import read_label_points
 from s2fin_cli.io.reader import Scene, open_scene_from_options
@@ -60,9 +69,11 @@ from s2fin_cli.sampling import (
 from s2fin_cli.training_data import (
     PatchSet,
     augment,
+    augment_choices,
     epoch_batches,
     extract_patch_set,
     iter_sample_inputs,
+    rank_share,
 )
 
 CHECKPOINT_FORMAT = "s2fin-checkpoint"
@@ -220,19 +231,26 @@ def fit(
     stop_after: int | None = None,
     json_lines: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    dist: DistContext | None = None,
 ) -> FitResult:
     """Train ``model`` (already on ``device``); returns the best-validation weights.
 
     ``resume`` is a loaded checkpoint; ``checkpoint_extra`` is stored in every checkpoint
     (fingerprint, preprocessing). ``stop_after`` raises :class:`TrainingStopped` after that
     epoch's checkpoint, as a kill would (tests and benchmarks use it).
+
+    ``dist``: train data parallel in an initialised process group (every rank calls ``fit``
+    with the same ``train``/``val`` sets and settings; ``device`` is the rank's device).
+    ``settings.batch_size`` is then per rank; only rank 0 writes ``checkpoint``.
     """
     settings.validate()
     if len(train) == 0:
         raise LabelError("no training sample left")
+    world = dist.world_size if dist is not None else 1
+    main = dist is None or dist.is_main
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr,
                                   weight_decay=settings.weight_decay)
-    steps_per_epoch = len(epoch_batches(len(train), settings.batch_size,
+    steps_per_epoch = len(epoch_batches(len(train), settings.batch_size * world,
                                         torch.Generator().manual_seed(0)))
     total_steps = settings.epochs * steps_per_epoch
     warmup_steps = min(settings.warmup_epochs * steps_per_epoch, total_steps // 2)
@@ -256,53 +274,39 @@ def fit(
         best_state = {k: v.clone() for k, v in resume["best_state"].items()}
         history = list(resume["history"])
         stopped_early = bool(resume.get("stopped_early", False))
+    net: nn.Module = model
+    if dist is not None:  # after loading the weights: DDP starts from rank 0's copy
+        net = _ddp(model, device)
 
-    with console.progress("training", settings.epochs, json_lines=json_lines) as bar:
+    with console.progress("training", settings.epochs,
+                          json_lines=json_lines and main) as bar:
         if start_epoch:
             bar.advance(start_epoch, resumed_at=start_epoch)
         epoch = start_epoch
         while epoch < settings.epochs and not stopped_early:
             t0 = time.perf_counter()
             eseed = epoch_seed(settings.seed, epoch)
-            torch.manual_seed(eseed)
+            # Dropout: its own stream per rank; shuffle and augmentation: the same on all ranks.
+            torch.manual_seed(eseed if dist is None else rank_seed(eseed, dist.rank))
             generator = torch.Generator().manual_seed(eseed)
             model.train()
-            loss_sum, correct, seen = 0.0, 0, 0
-            for i, index in enumerate(epoch_batches(len(train), settings.batch_size, generator)):
-                lr = learning_rate(epoch * steps_per_epoch + i, total_steps, warmup_steps,
-                                   settings.lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                spectral, spatial, active, target = train.batch(index)
-                if settings.augment:
-                    spectral, spatial, active = augment(spectral, spatial, active, generator)
-                spectral, spatial, active, target = (t.to(device, non_blocking=True) for t in
-                                                     (spectral, spatial, active, target))
-                with autocast(device):
-                    logits = model(spectral, spatial, active)
-                loss = F.cross_entropy(logits.float(), target,
-                                       label_smoothing=settings.label_smoothing)
-                if not torch.isfinite(loss):
-                    raise ConfigError(f"the training loss became {float(loss)} in epoch "
-                                      f"{epoch + 1}", hint="lower --lr")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if settings.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                n = int(target.shape[0])
-                loss_sum += float(loss.detach()) * n
-                correct += int((logits.detach().argmax(1) == target).sum())
-                seen += n
+            schedule = _Schedule(epoch * steps_per_epoch, total_steps, warmup_steps, epoch)
+            if dist is None:
+                lr, loss_sum, correct, seen = _train_epoch(
+                    model, train, settings, device, generator, optimizer, scaler, schedule)
+            else:
+                lr, loss_sum, correct, seen = _distributed_epoch(
+                    net, train, settings, device, generator, optimizer, scaler, schedule, dist)
             record: dict[str, Any] = {
                 "epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen,
                 "train_accuracy": correct / seen,
             }
             if val is not None and len(val):
-                pred, val_loss = evaluate_patch_set(model, val, device)
-                val_oa = float((pred == val.targets.cpu().numpy()).mean())
+                if dist is None:
+                    pred, val_loss = evaluate_patch_set(model, val, device)
+                    val_oa = float((pred == val.targets.cpu().numpy()).mean())
+                else:
+                    val_oa, val_loss = _distributed_validation(model, train, val, device, dist)
                 record.update(val_loss=val_loss, val_accuracy=val_oa)
                 score = (val_oa, -val_loss)
                 if score > best_score:
@@ -317,7 +321,7 @@ def fit(
             record["seconds"] = round(time.perf_counter() - t0, 3)
             history.append(record)
             epoch += 1
-            if checkpoint is not None:
+            if checkpoint is not None and main:
                 save_checkpoint(checkpoint, {
                     **(checkpoint_extra or {}),
                     "epoch": epoch, "model": _state_copy(model),
@@ -336,11 +340,156 @@ def fit(
                 on_epoch(record)
             if stop_after is not None and epoch >= stop_after and epoch < settings.epochs \
                     and not stopped_early:
+                if dist is not None:  # no rank leaves before rank 0 has written the checkpoint
+                    dist.barrier()
                 raise TrainingStopped(epoch)
     if stopped_early:
         console.note(f"early stopping after epoch {epoch}: no validation improvement for "
                      f"{settings.patience} epochs")
-    return FitResult(best_state, best_epoch, epoch, stopped_early, history, _state_copy(model))
+    final_state = _state_copy(model)
+    if dist is not None:
+        _check_ranks_in_sync(dist, final_state, best_state)
+    return FitResult(best_state, best_epoch, epoch, stopped_early, history, final_state)
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    first_step: int  # global step of the epoch's first batch
+    total_steps: int
+    warmup_steps: int
+    epoch: int  # 0-based
+
+    def lr(self, i: int, base_lr: float) -> float:
+        return learning_rate(self.first_step + i, self.total_steps, self.warmup_steps, base_lr)
+
+
+def _train_epoch(
+    model: nn.Module, train: PatchSet, settings: TrainSettings, device: torch.device,
+    generator: torch.Generator, optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler, schedule: _Schedule,
+) -> tuple[float, float, int, int]:
+    """One single-process epoch; returns (last lr, loss sum, correct, seen)."""
+    lr, epoch = settings.lr, schedule.epoch
+    loss_sum, correct, seen = 0.0, 0, 0
+    for i, index in enumerate(epoch_batches(len(train), settings.batch_size, generator)):
+        lr = schedule.lr(i, settings.lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        spectral, spatial, active, target = train.batch(index)
+        if settings.augment:
+            spectral, spatial, active = augment(spectral, spatial, active, generator)
+        spectral, spatial, active, target = (t.to(device, non_blocking=True) for t in
+                                             (spectral, spatial, active, target))
+        with autocast(device):
+            logits = model(spectral, spatial, active)
+        loss = F.cross_entropy(logits.float(), target,
+                               label_smoothing=settings.label_smoothing)
+        if not torch.isfinite(loss):
+            raise ConfigError(f"the training loss became {float(loss)} in epoch "
+                              f"{epoch + 1}", hint="lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if settings.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        n = int(target.shape[0])
+        loss_sum += float(loss.detach()) * n
+        correct += int((logits.detach().argmax(1) == target).sum())
+        seen += n
+    return lr, loss_sum, correct, seen
+
+
+def _ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in DistributedDataParallel, without a buffer broadcast before every forward
+    (S2Fin's only buffer is a constant; DDP still syncs it once at construction)."""
+    names = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    no_sync: dict[str, Any] = ({"forward_sync_buffers": False} if "forward_sync_buffers" in names
+               else {"broadcast_buffers": False})  # the older name (torch < 2.13)
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
+
+
+def _distributed_epoch(
+    net: nn.Module, train: PatchSet, settings: TrainSettings, device: torch.device,
+    generator: torch.Generator, optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler, schedule: _Schedule, dist: DistContext,
+) -> tuple[float, float, int, int]:
+    """One epoch on this rank's share; returns (last lr, loss sum, correct, seen) over all ranks.
+
+    Every rank draws the same global batches (``batch_size x world_size``) and augmentation
+    transforms from ``generator`` and trains on every ``world_size``-th sample of each. The
+    summed loss is weighted by ``world_size / global batch`` so that DDP's gradient average is
+    the gradient of the global batch's mean loss, whatever the shares' sizes: a step equals a
+    single-process step on the global batch. A rank whose share is empty (a last batch smaller
+    than the world) still runs a forward and backward, on one sample with weight 0, because
+    every rank must join every gradient all-reduce.
+    """
+    world, rank, epoch = dist.world_size, dist.rank, schedule.epoch
+    lr = settings.lr
+    totals = np.zeros(3)  # loss sum, correct, seen
+    for i, batch in enumerate(epoch_batches(len(train), settings.batch_size * world,
+                                            generator)):
+        lr = schedule.lr(i, settings.lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        g = int(batch.numel())
+        choice = augment_choices(g, generator) if settings.augment else None
+        share = rank_share(batch, rank, world)
+        weight = world / g
+        if share.numel() == 0:
+            share, weight = torch.arange(1), 0.0
+        spectral, spatial, active, target = train.batch(batch[share])
+        if choice is not None:
+            spectral, spatial, active = augment(spectral, spatial, active, generator,
+                                                choice=choice[share])
+        spectral, spatial, active, target = (t.to(device, non_blocking=True) for t in
+                                             (spectral, spatial, active, target))
+        with autocast(device):
+            logits = net(spectral, spatial, active)
+        loss_sum = F.cross_entropy(logits.float(), target, reduction="sum",
+                                   label_smoothing=settings.label_smoothing)
+        if dist.any(not bool(torch.isfinite(loss_sum))):  # every rank stops together
+            raise ConfigError(f"the training loss became non-finite in epoch {epoch + 1}",
+                              hint="lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss_sum * weight).backward()
+        if settings.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(net.parameters(), settings.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        if weight:
+            totals += (float(loss_sum.detach()), int((logits.detach().argmax(1) == target).sum()),
+                       int(target.shape[0]))
+    loss_total, correct, seen = dist.all_reduce_sum(totals)
+    return lr, float(loss_total), round(float(correct)), round(float(seen))
+
+
+def _distributed_validation(model: nn.Module, train: PatchSet, val: PatchSet,
+                            device: torch.device, dist: DistContext) -> tuple[float, float]:
+    """(overall accuracy, mean loss) of ``val``: each rank scores a contiguous share, the loss
+    sums and the confusion matrix are all-reduced."""
+    part = dist.shard(len(val))
+    share = PatchSet(val.spectral[part], val.spatial[part], val.active[part], val.targets[part])
+    pred, mean_loss = evaluate_patch_set(model, share, device)
+    k = int(max(int(train.targets.max()), int(val.targets.max()))) + 1
+    target = share.targets.cpu().numpy()
+    confusion = np.bincount(target * k + pred, minlength=k * k) if len(share) else np.zeros(k * k)
+    totals = dist.all_reduce_sum(np.concatenate([[mean_loss * len(share)], confusion]))
+    matrix = totals[1:].reshape(k, k)
+    return float(np.trace(matrix) / matrix.sum()), float(totals[0] / matrix.sum())
+
+
+def _check_ranks_in_sync(dist: DistContext, final: dict[str, Tensor],
+                         best: dict[str, Tensor]) -> None:
+    """Every rank must end with the same weights (DDP keeps them so; a divergence is a bug)."""
+    digests = {"final": state_digest(final), "best": state_digest(best)}
+    folder = os.environ.get(DEBUG_DIGEST_ENV)
+    if folder:
+        Path(folder, f"rank{dist.rank}.json").write_text(json.dumps(digests))
+    dist.check_same(digests["final"] + digests["best"], "the trained weights")
 
 
 @torch.no_grad()
@@ -524,38 +673,56 @@ def report_path_for(output: Path) -> Path:
     return output.with_name(output.name + ".report.json")
 
 
-def run_training(request: TrainRequest) -> TrainSummary:
-    """Train from files to a model file (and ``<output>.report.json``); see the module docs."""
-    t_start = time.perf_counter()
-    settings = request.settings
-    settings.validate()
-    output = Path(request.output)
-    check_output_path(output, overwrite=request.overwrite)
-    report_path = report_path_for(output)
-    check_output_path(report_path, overwrite=request.overwrite)
+def check_request(request: TrainRequest, *, outputs: bool = True) -> Protocol:
+    """The option errors :func:`run_training` raises before reading anything (``outputs``: the
+    output and report paths too); ``s2fin train --nproc`` runs it before launching torchrun."""
+    request.settings.validate()
+    if outputs:
+        output = Path(request.output)
+        check_output_path(output, overwrite=request.overwrite)
+        check_output_path(report_path_for(output), overwrite=request.overwrite)
     protocol = Protocol.from_options(request.per_class, request.train_fraction)
     if not 0.0 <= request.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {request.val_fraction}")
     if request.pca < 1:
         raise ConfigError(f"--pca must be >= 1, got {request.pca}")
     build_config(request, 8, 1, 1, 2)  # option errors before any reading
-    device = select_device(request.device)
     if request.threads is not None and request.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {request.threads}")
+    return protocol
+
+
+def run_training(request: TrainRequest, *, dist: DistContext | None = None) -> TrainSummary:
+    """Train from files to a model file (and ``<output>.report.json``); see the module docs.
+
+    ``dist``: one rank of a data-parallel run (every rank calls this with the same request);
+    rank 0 checks and writes the outputs, the other ranks return a summary without reports.
+    """
+    t_start = time.perf_counter()
+    output = Path(request.output)
+    report_path = report_path_for(output)
+    if dist is None:
+        protocol = check_request(request)
+        device = select_device(request.device)
+    else:
+        protocol = check_request(request, outputs=False)
+        dist.from_main(lambda: check_request(request))  # the outputs are rank 0's
+        device = dist.device
     threads_before = torch.get_num_threads()
     # One intra-op thread by default: batches of small patches give each op too little work to
     # share, and on a busy machine waiting for a descheduled sibling thread made an epoch of the
     # sample scene 6-50x slower with 2 threads than with 1 (2-core CPU, measured).
     torch.set_num_threads(request.threads or 1)
     try:
-        return _run(request, device, protocol, output, report_path, t_start)
+        return _run(request, device, protocol, output, report_path, t_start, dist)
     finally:
         torch.set_num_threads(threads_before)
 
 
 def _run(request: TrainRequest, device: torch.device, protocol: Protocol, output: Path,
-         report_path: Path, t_start: float) -> TrainSummary:
+         report_path: Path, t_start: float, dist: DistContext | None = None) -> TrainSummary:
     settings = request.settings
+    main = dist is None or dist.is_main
     with open_scene_from_options(request.scene, request.hsi, request.lidar, request.sar,
                                  aux_bands=request.aux_bands) as scene:
         points, table = read_label_points(request.labels, scene.grid,
@@ -578,6 +745,8 @@ def _run(request: TrainRequest, device: torch.device, protocol: Protocol, output
                               block_size=request.split_block, patch_size=request.patch_size,
                               seed=settings.seed)
         _warn_split(split, classes, request.val_fraction)
+        if dist is not None:  # seeded, so the same everywhere: checked, not broadcast
+            dist.check_same(_samples_digest(split.train, split.val), "the training samples")
         rows = split.table_rows(classes)
         if not request.json_lines and console.verbosity() >= 0:
             console.stderr.print(_split_table(rows, dropped_nodata))
@@ -586,7 +755,10 @@ def _run(request: TrainRequest, device: torch.device, protocol: Protocol, output
         if request.test_labels is not None:
             test_samples = _read_test_labels(request, scene, classes, labelled)
 
-        inputs = _input_files(request, scene)
+        if dist is None:
+            inputs = _input_files(request, scene)
+        else:  # hashing the inputs once is enough
+            inputs = dist.from_main(lambda: _input_files(request, scene))
         fingerprint = {
             "inputs": {k: v["sha256"] for k, v in inputs.items()},
             "protocol": protocol.to_json(), "val_fraction": request.val_fraction,
@@ -598,15 +770,24 @@ def _run(request: TrainRequest, device: torch.device, protocol: Protocol, output
                         "spectral_window": request.spectral_window,
                         "dropout": request.dropout, "ablate": list(request.ablate)},
         }
+        if dist is not None:  # another world size makes other batches: no exact resume
+            fingerprint["distributed"] = {"world_size": dist.world_size}
         fingerprint_text = json.dumps(fingerprint, sort_keys=True)
         ckpt_path = checkpoint_path_for(output)
-        resume_state = _resume_state(request, ckpt_path, fingerprint)
+        if dist is None:
+            resume_state = _resume_state(request, ckpt_path, fingerprint)
+        else:  # rank 0's checkpoint, loaded by every rank
+            resume_state = dist.from_main(lambda: _resume_state(request, ckpt_path, fingerprint))
 
         if resume_state is not None:
             pre = Preprocessor.from_tensors(resume_state["preprocessing"])
-        else:
+        elif dist is None:
             console.info("fitting normalisation and PCA on the training scene")
             pre = fit_preprocessor(scene, request.pca, seed=settings.seed)
+        else:  # fitted once, on rank 0, and broadcast: bit-identical on every rank
+            console.info("fitting normalisation and PCA on the training scene (rank 0)")
+            pre = Preprocessor.from_tensors(dist.from_main(
+                lambda: fit_preprocessor(scene, request.pca, seed=settings.seed).tensors()))
         config = build_config(request, pre.bands, pre.reduced_bands, pre.aux_bands,
                               len(classes))
         geometry = PatchGeometry(config.patch_size, config.spectral_window)
@@ -620,20 +801,20 @@ def _run(request: TrainRequest, device: torch.device, protocol: Protocol, output
                                      storage=storage) if len(split.val) else None)
         console.note(f"training S²Fin ({n_params:,} parameters) on {len(split.train)} samples, "
                      f"validating on {len(split.val)}, {settings.epochs} epochs max, "
-                     f"device {device}")
+                     f"device {device}" + (_describe_world(dist, settings) if dist else ""))
         result = fit(
             model, train_set, val_set, settings, device, checkpoint=ckpt_path,
             checkpoint_extra={"fingerprint": fingerprint_text,
                               "preprocessing": pre.tensors()},
             resume=resume_state, stop_after=request.stop_after,
-            json_lines=request.json_lines,
+            json_lines=request.json_lines and main, dist=dist,
         )
         model.load_state_dict(result.best_state)
         validation = test = None
-        if val_set is not None:
+        if val_set is not None and main:
             pred, _ = evaluate_patch_set(model, val_set, device)
             validation = _report(classes, split.val, pred)
-        if test_samples is not None:
+        if test_samples is not None and main:
             test = _test_report(model, scene, test_samples, pre, geometry, device, classes)
 
         wall = time.perf_counter() - t_start
@@ -656,6 +837,11 @@ def _run(request: TrainRequest, device: torch.device, protocol: Protocol, output
             "versions": _library_versions(),
             "wall_seconds": round(wall, 2),
         }
+        if dist is not None:
+            provenance["distributed"] = {
+                **dist.describe(), "per_rank_batch": settings.batch_size,
+                "effective_batch": settings.batch_size * dist.world_size,
+            }
         metrics: dict[str, Any] = {}
         if validation is not None:
             metrics["validation"] = _report_summary(validation)
@@ -669,6 +855,9 @@ def _run(request: TrainRequest, device: torch.device, protocol: Protocol, output
                              _json_safe(scene.aux.nodata)),
             provenance=_json_safe(provenance), metrics=_json_safe(metrics),
         )
+        if not main:  # rank 0 writes; the others are done
+            return TrainSummary(output, None, bundle, None, None, rows,
+                                time.perf_counter() - t_start, result.history)
         save_model_file(output, bundle, overwrite=request.overwrite)
         written_report: Path | None = None
         if validation is not None or test is not None:
@@ -684,6 +873,11 @@ def _run(request: TrainRequest, device: torch.device, protocol: Protocol, output
                 os.remove(ckpt_path)
     return TrainSummary(output, written_report, bundle, validation, test, rows,
                         time.perf_counter() - t_start, result.history)
+
+
+def _describe_world(dist: DistContext, settings: TrainSettings) -> str:
+    return (f" x {dist.world_size} ranks ({dist.backend}; batch {settings.batch_size} per rank, "
+            f"{settings.batch_size * dist.world_size} effective)")
 
 
 def _warn_split(split: Split, classes: ClassTable, val_fraction: float) -> None:
@@ -814,6 +1008,7 @@ __all__ = [
     "TrainSummary",
     "TrainingStopped",
     "build_config",
+    "check_request",
     "checkpoint_path_for",
     "epoch_seed",
     "evaluate_patch_set",

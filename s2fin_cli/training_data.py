@@ -131,15 +131,25 @@ def extract_patch_set(
     return PatchSet(spectral, spatial, active, targets)
 
 
-def augment(spectral: Tensor, spatial: Tensor, active: Tensor, generator: torch.Generator
-            ) -> tuple[Tensor, Tensor, Tensor]:
+def augment_choices(n: int, generator: torch.Generator) -> Tensor:
+    """The transform (0..7) of each of ``n`` samples: the one draw :func:`augment` makes."""
+    return torch.randint(0, 8, (n,), generator=generator)
+
+
+def augment(spectral: Tensor, spatial: Tensor, active: Tensor, generator: torch.Generator, *,
+            choice: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """A random flip and 90° rotation per sample, the same one for all three inputs.
 
     Eight dihedral transforms; samples are grouped by transform so each group is one tensor op.
-    ``generator`` lives on the CPU; the draws do not depend on the inputs' device.
+    ``generator`` lives on the CPU; the draws do not depend on the inputs' device. ``choice``
+    (from :func:`augment_choices`) gives the transforms instead of drawing them: distributed
+    training draws them for a whole global batch and each rank applies its share.
     """
     n = spectral.shape[0]
-    choice = torch.randint(0, 8, (n,), generator=generator)
+    if choice is None:
+        choice = augment_choices(n, generator)
+    elif choice.shape != (n,):
+        raise ValueError(f"choice holds {tuple(choice.shape)} transforms for {n} samples")
     outs = [spectral.clone(), spatial.clone(), active.clone()]
     for t in range(1, 8):
         sel = torch.nonzero(choice == t).flatten()
@@ -167,3 +177,10 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator, *, shuffl
         batches[-2] = torch.cat([batches[-2], batches[-1]])
         batches.pop()
     return batches
+
+
+def rank_share(batch: Tensor, rank: int, world_size: int) -> Tensor:
+    """Positions (in ``batch``) of the samples one rank trains on: every ``world_size``-th one
+    from ``rank``, as torch's DistributedSampler deals them. May be empty when the batch holds
+    fewer samples than there are ranks."""
+    return torch.arange(rank, int(batch.numel()), world_size)
