@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -19,7 +23,8 @@ from s2fin_cli.cli.options import (
     SarPath,
     Seed,
 )
-from s2fin_cli.errors import EXIT_INTERRUPTED
+from s2fin_cli.distributed import launch_env, process_group, rank_device
+from s2fin_cli.errors import EXIT_INTERRUPTED, ConfigError
 from s2fin_cli.model_file import DEFAULT_MODEL_PATH
 from s2fin_cli.training import (
     DEFAULT_DEPTH,
@@ -30,6 +35,8 @@ from s2fin_cli.training import (
     TrainingStopped,
     TrainRequest,
     TrainSettings,
+    TrainSummary,
+    check_request,
     checkpoint_path_for,
     parse_ablate,
     run_training,
@@ -39,6 +46,7 @@ _D = TrainSettings()
 
 
 def train(
+    ctx: typer.Context,
     labels: Annotated[
         Path,
         typer.Option("--labels", help="Training labels: a class raster (0 = unlabeled) or "
@@ -118,6 +126,9 @@ def train(
     depth: Annotated[
         int, typer.Option("--depth", help="Blocks per stage (HFSET, spatial, long-range).")
     ] = DEFAULT_DEPTH,
+    dropout: Annotated[
+        float, typer.Option("--dropout", help="Dropout rate of the network (0 for none).")
+    ] = 0.1,
     ablate: Annotated[
         str | None,
         typer.Option("--ablate", help="Switch modules off, comma separated: hfset, afcm, ssaf, "
@@ -137,9 +148,20 @@ def train(
         int | None, typer.Option("--stop-after-epoch", hidden=True,
                                  help="Stop as if killed after this epoch (testing).")
     ] = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option("--nproc", help="Train data parallel on N local processes (GPUs, or CPU "
+                     "processes): runs torchrun --standalone --nproc-per-node N with the same "
+                     "arguments. --batch-size is per process (effective batch = N x it). See "
+                     "docs/distributed.md for multi-node."),
+    ] = None,
     json_output: JsonOutput = False,
 ) -> None:
-    """Train S²Fin on labelled pixels of a scene and write one self-describing model file."""
+    """Train S²Fin on labelled pixels of a scene and write one self-describing model file.
+
+    Under torchrun (RANK/WORLD_SIZE/LOCAL_RANK set) it trains data parallel (DDP): rank 0
+    writes the files, the other ranks are quiet.
+    """
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr,
                              weight_decay=weight_decay, warmup_epochs=warmup_epochs,
                              patience=patience, seed=seed, augment=not no_augment)
@@ -148,16 +170,38 @@ def train(
         label_field=label_field, test_labels=test_labels, output=output, overwrite=overwrite,
         per_class=per_class, train_fraction=train_fraction, val_fraction=val_fraction,
         split_block=split_block, patch_size=patch_size, spectral_window=spectral_window,
-        pca=pca, dim=dim, depth=depth, ablate=parse_ablate(ablate), settings=settings,
+        pca=pca, dim=dim, depth=depth, dropout=dropout, ablate=parse_ablate(ablate),
+        settings=settings,
         device=device, threads=threads, resume=resume, keep_checkpoint=keep_checkpoint,
         json_lines=json_output, stop_after=stop_after_epoch,
     )
+    env = launch_env()
+    if nproc is not None:
+        if env is not None:
+            raise ConfigError("--nproc launches torchrun itself: drop it when running under "
+                              "torchrun")
+        if nproc < 1:
+            raise ConfigError(f"--nproc must be >= 1, got {nproc}")
+        if nproc > 1:
+            check_request(request)  # option errors with their own exit codes, before launching
+            rank_device(device, nproc - 1)  # enough GPUs for --device cuda
+            raise typer.Exit(launch_local(nproc, relaunch_args(ctx), threads=threads))
     try:
-        summary = run_training(request)
+        if env is None:
+            summary = run_training(request)
+        else:
+            with process_group(env, device) as dist:
+                summary = run_training(request, dist=dist)
+                if not dist.is_main:
+                    return
     except TrainingStopped as stop:
         console.note(f"stopped after epoch {stop.epoch}; checkpoint "
                      f"{checkpoint_path_for(output)}; continue with --resume")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    _print_summary(summary, json_output)
+
+
+def _print_summary(summary: TrainSummary, json_output: bool) -> None:
     prov = summary.bundle.provenance
     if json_output:
         print(json.dumps({
@@ -178,3 +222,50 @@ def train(
                  f"{prov.get('best_epoch')})"
                  + (f" and {summary.report_path}" if summary.report_path else "")
                  + f" in {summary.wall_seconds:.1f} s")
+
+
+def relaunch_args(ctx: typer.Context) -> list[str]:
+    """The command line of this ``s2fin train`` call without ``--nproc``: global verbosity, then
+    ``train`` and every parameter given on the command line (or environment), in declaration
+    order. (Typer vendors its own click: parameters are told apart by kind, not class.)"""
+    level = console.verbosity()
+    args = ["-v"] * level if level > 0 else ["-q"] * -level
+    args.append(ctx.info_name or "train")
+    for param in ctx.command.params:
+        name = param.name
+        if name is None or name == "nproc":
+            continue
+        source = ctx.get_parameter_source(name)
+        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+            continue
+        value = ctx.params[name]
+        if param.param_type_name == "argument":
+            if value is not None:
+                args.append(str(value))
+            continue
+        opts: list[str] = list(param.opts)
+        if getattr(param, "is_flag", False):
+            secondary: list[str] = list(getattr(param, "secondary_opts", []))
+            if value:
+                args.append(opts[0])
+            elif secondary:
+                args.append(secondary[0])
+            continue
+        for item in value if isinstance(value, list | tuple) else (value,):
+            if item is not None:
+                args += [opts[0], str(item)]
+    return args
+
+
+def launch_local(nproc: int, args: list[str], *, threads: int | None = None) -> int:
+    """Run ``s2fin <args>`` on ``nproc`` local processes under torchrun; its exit code (torchrun
+    answers 1 when any rank fails: that rank's error line is on stderr)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", str(nproc), "-m", "s2fin_cli", *args]
+    env: dict[str, Any] = dict(os.environ)
+    # torchrun would set 1 itself, with a warning; s2fin trains with 1 thread by default anyway.
+    env.setdefault("OMP_NUM_THREADS", str(threads or 1))
+    console.note(f"launching {nproc} processes: torchrun --standalone --nproc-per-node "
+                 f"{nproc} -m s2fin_cli {' '.join(args)}")
+    code = subprocess.run(command, env=env, check=False).returncode
+    return 128 + signal.Signals(-code).value if code < 0 else code
