@@ -23,9 +23,9 @@ from torch import Tensor, nn
 from .spectral_ops import autocast_disabled
 
 # Decay factors below exp(-30) ~ 1e-13 are set to exactly 0. Left alone, exp of very negative
-# numbers yields float32 subnormals, and arithmetic on subnormals is ~10-100x slower on x86 CPUs
-# (measured: a whole forward pass 10x slower once a large step dt appears). A contribution damped
-# by 1e-13 is far below float32 resolution next to the undamped ones, so the result is unchanged.
+# numbers (large learned steps dt) yields float32 subnormals, and arithmetic on subnormals is
+# much slower on x86 CPUs. A contribution damped by 1e-13 is far below float32 resolution next to
+# the undamped ones, so the result is unchanged.
 _DECAY_FLOOR = -30.0
 
 
@@ -36,8 +36,8 @@ def _decay(log_decay: Tensor, keep: Tensor | None = None) -> Tensor:
     """
     ok = log_decay > _DECAY_FLOOR
     if keep is not None:
-        ok = ok & keep
-    return torch.exp(torch.where(ok, log_decay, float("-inf")))
+        ok &= keep
+    return log_decay.masked_fill(~ok, float("-inf")).exp()
 
 
 def selective_scan(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk: int) -> Tensor:
