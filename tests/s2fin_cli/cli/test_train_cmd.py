@@ -54,7 +54,8 @@ def _args(data: dict[str, Path], out: Path, *extra: str) -> list[str]:
 
 def test_train_writes_model_report_and_json(data: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "m.s2fin"
-    result = runner.invoke(app, _args(data, out, "--json", "--per-class", "30"))
+    result = runner.invoke(app, _args(data, out, "--json", "--per-class", "30", "--dropout",
+                                      "0.2"))
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     assert [line["done"] for line in lines if line.get("event") == "training"] == [1, 2]
@@ -63,6 +64,7 @@ def test_train_writes_model_report_and_json(data: dict[str, Path], tmp_path: Pat
     assert {row["train"] + row["val"] + row["dropped_overlap"] for row in done["samples"]} == {30}
     bundle = load_model_file(out)
     assert bundle.classes.ids == [1, 2, 3] and bundle.config.num_classes == 3
+    assert bundle.config.dropout == 0.2 and "distributed" not in bundle.provenance
     assert bundle.provenance["protocol"]["kind"] == "per-class"
     assert set(bundle.metrics) == {"validation", "test"}
     report = json.loads((tmp_path / "m.s2fin.report.json").read_text())
