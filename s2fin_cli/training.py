@@ -595,7 +595,7 @@ def build_config(request: TrainRequest, bands: int, reduced: int, aux: int,
             patch_size=p, spectral_window=s, dim=request.dim, heads=request.heads,
             hfset_depth=request.depth, spatial_depth=request.depth,
             long_range_depth=request.depth, dropout=request.dropout,
-            ssm_heads=math.gcd(S2FinConfig.ssm_heads, 2 * request.dim),
+            ssm_heads=math.gcd(S2FinConfig.ssm_heads, S2FinConfig.ssm_expand * request.dim),
             **{f"use_{name}": False for name in request.ablate},
         )
     except ValueError as exc:
