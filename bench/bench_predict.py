@@ -191,6 +191,44 @@ def rss_child(scene: Path, model: Path, out: Path, batch: int, block: int,
             "wall_s": wall, "pixels": report["pixels"], "classified": report["classified"]}
 
 
+def throughput(args: argparse.Namespace, rng: np.random.Generator, tmp: Path, scene: Path,
+               bundle: ModelBundle) -> None:
+    """(a), (b) and (c), interleaved, and their table."""
+    model = bundle.build_model("cpu")
+    padded, valid_mask = _padded_scene(scene, bundle)
+    pixels = np.argwhere(valid_mask)
+    pixels = pixels[rng.permutation(len(pixels))[:args.bc_pixels]]
+    pixels = pixels[np.lexsort((pixels[:, 1], pixels[:, 0]))]
+    measure_c(padded, pixels[:args.batch_size], bundle, model, args.batch_size)  # warm-up
+    # Interleaved rounds, best of each: other processes on a shared CPU slow down whichever
+    # measurement they happen to overlap.
+    best: dict[str, dict[str, Any]] = {}
+    for round_ in range(1, args.repeat + 1):
+        runs = {
+            "c": measure_c(padded, pixels, bundle, model, args.batch_size),
+            "b": measure_b(padded, pixels, bundle, model, args.batch_size),
+            "a": measure_a(scene, bundle, tmp / "map.tif", args.batch_size,
+                           args.block_size),
+        }
+        print(f"round {round_}: " + "  ".join(f"({k}) {v['px_s']:.1f} px/s"
+                                               for k, v in sorted(runs.items())), flush=True)
+        for key, value in runs.items():
+            if key not in best or value["px_s"] > best[key]["px_s"]:
+                best[key] = value
+    del padded
+    a, b, c = best["a"], best["b"], best["c"]
+    rows = [("(a) predict (predict_scene + ClassMapWriter, in-process)", a),
+            ("(b) per-pixel Python patch loop, same batch", b),
+            ("(c) model forward alone, pre-cut patches", c)]
+    print(f"\nbest of {args.repeat} interleaved rounds")
+    print(f"{'path':60s} {'classified px':>14s} {'seconds':>9s} {'px/s':>10s}")
+    for name, r in rows:
+        print(f"{name:60s} {r['classified']:14d} {r['seconds']:9.1f} {r['px_s']:10.1f}")
+    print(f"(a)/(c) = {a['px_s'] / c['px_s']:.3f}   (goal >= 0.7)")
+    print(f"(a)/(b) = {a['px_s'] / b['px_s']:.3f}")
+    print(f"(a) whole scene: {a['pixels']} px read/written in {a['seconds']:.1f} s")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=512, help="scene side (pixels)")
@@ -204,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bc-pixels", type=int, default=1024, help="pixels timed for (b) and (c)")
     ap.add_argument("--rss-scale", type=int, default=2, help="side factor of the RSS scene")
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true", help="only the RSS comparison")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.threads:
@@ -224,40 +263,9 @@ def main(argv: list[str] | None = None) -> None:
         scene = tmp / "scene.tif"
         write_scene(scene, size, args.bands, valid, args.seed)
         bundle = make_model(tmp / "model.s2fin", scene, config, args.seed)
-        model = bundle.build_model("cpu")
 
-        padded, valid_mask = _padded_scene(scene, bundle)
-        pixels = np.argwhere(valid_mask)
-        pixels = pixels[rng.permutation(len(pixels))[:args.bc_pixels]]
-        pixels = pixels[np.lexsort((pixels[:, 1], pixels[:, 0]))]
-        measure_c(padded, pixels[:args.batch_size], bundle, model, args.batch_size)  # warm-up
-        # Interleaved rounds, best of each: other processes on a shared CPU slow down whichever
-        # measurement they happen to overlap.
-        best: dict[str, dict[str, Any]] = {}
-        for round_ in range(1, args.repeat + 1):
-            runs = {
-                "c": measure_c(padded, pixels, bundle, model, args.batch_size),
-                "b": measure_b(padded, pixels, bundle, model, args.batch_size),
-                "a": measure_a(scene, bundle, tmp / "map.tif", args.batch_size,
-                               args.block_size),
-            }
-            print(f"round {round_}: " + "  ".join(f"({k}) {v['px_s']:.1f} px/s"
-                                                   for k, v in sorted(runs.items())), flush=True)
-            for key, value in runs.items():
-                if key not in best or value["px_s"] > best[key]["px_s"]:
-                    best[key] = value
-        del padded
-        a, b, c = best["a"], best["b"], best["c"]
-        rows = [("(a) predict (predict_scene + ClassMapWriter, in-process)", a),
-                ("(b) per-pixel Python patch loop, same batch", b),
-                ("(c) model forward alone, pre-cut patches", c)]
-        print(f"\nbest of {args.repeat} interleaved rounds")
-        print(f"{'path':60s} {'classified px':>14s} {'seconds':>9s} {'px/s':>10s}")
-        for name, r in rows:
-            print(f"{name:60s} {r['classified']:14d} {r['seconds']:9.1f} {r['px_s']:10.1f}")
-        print(f"(a)/(c) = {a['px_s'] / c['px_s']:.3f}   (goal >= 0.7)")
-        print(f"(a)/(b) = {a['px_s'] / b['px_s']:.3f}")
-        print(f"(a) whole scene: {a['pixels']} px read/written in {a['seconds']:.1f} s")
+        if not args.skip_throughput:
+            throughput(args, rng, tmp, scene, bundle)
 
         if args.skip_rss:
             return

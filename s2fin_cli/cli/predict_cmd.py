@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import rasterio
 import typer
 from rich.table import Table
@@ -51,8 +52,8 @@ from s2fin_cli.io.writer import check_output_path, parse_creation_options, qml_p
 from s2fin_cli.model_file import DEFAULT_MODEL_PATH, ModelBundle, load_model_file
 
 _GLOB_CHARS = set("*?[")
-# GDAL block cache while predicting (MB): enough for the halo re-reads of a few tiles.
-GDAL_CACHEMAX_MB = 128
+# GDAL block cache while predicting: what one block read touches, plus this margin (MB).
+GDAL_CACHE_MIN_MB = 32
 
 
 @dataclass(frozen=True)
@@ -260,24 +261,44 @@ def predict(
     jobs = plan_jobs(scene_paths, hsi, lidar, sar, output, probabilities, confidence, cog=cog,
                      creation_options=parse_creation_options(co or []), overwrite=overwrite,
                      tags=tags)
-    with _bounded_gdal_cache():
+    check_jobs(jobs, bundle, aux_bands)
+    cache = gdal_cache_bytes(jobs, block_size + 2 * bundle.geometry.halo)
+    with _bounded_gdal_cache(cache):
         _run(jobs, bundle, model_path, aux_bands, device, batch_size, block_size, json_output)
 
 
+def gdal_cache_bytes(jobs: list[Job], window: int) -> int:
+    """A GDAL block cache that holds every tile one read of ``window`` pixels touches, in the
+    worst alignment, for the largest input: tiles are decoded once per read, however the bands
+    are interleaved, and the cache is bounded by the tile and block sizes, never by the scene."""
+    need = 0
+    for job in jobs:
+        for path in (job.scene, job.hsi, job.lidar, job.sar):
+            if path is None:
+                continue
+            with rasterio.open(path) as ds:
+                tile_h, tile_w = ds.block_shapes[0]
+                tiles = (-(-window // tile_h) + 1) * (-(-window // tile_w) + 1)
+                tiles = min(tiles, -(-ds.height // tile_h) * -(-ds.width // tile_w))
+                pixel_bytes = sum(np.dtype(d).itemsize for d in ds.dtypes)
+                need = max(need, tiles * tile_h * tile_w * pixel_bytes)
+    return max(GDAL_CACHE_MIN_MB << 20, need + (GDAL_CACHE_MIN_MB << 20))
+
+
 @contextmanager
-def _bounded_gdal_cache() -> Iterator[None]:
+def _bounded_gdal_cache(cache_bytes: int) -> Iterator[None]:
     """GDAL's block cache defaults to 5 % of RAM and fills with the tiles of the scene: without a
     cap, memory would grow with the scene up to that. ``GDAL_CACHEMAX`` in the environment wins."""
     if "GDAL_CACHEMAX" in os.environ:
         yield
         return
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB):
+    console.debug(f"GDAL_CACHEMAX={cache_bytes >> 20} MB")
+    with rasterio.Env(GDAL_CACHEMAX=cache_bytes):
         yield
 
 
 def _run(jobs: list[Job], bundle: ModelBundle, model_path: Path, aux_bands: int | None,
          device: str, batch_size: int | None, block_size: int, json_output: bool) -> None:
-    check_jobs(jobs, bundle, aux_bands)
     torch_device = select_device(device)
     predictor_model = bundle.build_model(torch_device)
     reports: list[dict[str, Any]] = []
