@@ -68,7 +68,8 @@ def scene_arrays(height: int, width: int, bands: int = 6, aux_bands: int = 1,
 
 def write_scene(path: Path, grid: Grid | None = None, *, bands: int = 6, aux_bands: int = 1,
                 aux_kind: str = "lidar", seed: int = 0,
-                nodata_pixels: np.ndarray | None = None, overwrite: bool = False) -> Path:
+                nodata_pixels: np.ndarray | None = None, overwrite: bool = False,
+                creation_options: dict[str, str] | None = None) -> Path:
     """A stacked scene (optical bands, then aux bands, with s2fin's band tags) as float32 GeoTIFF.
 
     ``nodata_pixels`` (height, width) bool marks pixels whose every band is NaN (nodata).
@@ -80,7 +81,8 @@ def write_scene(path: Path, grid: Grid | None = None, *, bands: int = 6, aux_ban
         data[:, nodata_pixels] = np.nan
     tags = {TAG_OPTICAL_BANDS: f"1-{bands}", TAG_AUX_BANDS: f"{bands + 1}-{bands + aux_bands}",
             TAG_AUX_KIND: aux_kind}
-    return write_raster(path, data, grid, nodata=float("nan"), tags=tags, overwrite=overwrite)
+    return write_raster(path, data, grid, nodata=float("nan"), tags=tags, overwrite=overwrite,
+                        creation_options=creation_options)
 
 
 def write_pair(directory: Path, grid: Grid | None = None, aux_grid: Grid | None = None, *,

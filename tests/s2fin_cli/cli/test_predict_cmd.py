@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from models import S2Fin
 from s2fin_cli.cli.app import app
+from s2fin_cli.cli.predict_cmd import GDAL_CACHE_MIN_MB, gdal_cache_bytes, plan_jobs
 from s2fin_cli.errors import CompatibilityError, ConfigError, OutputError
 from s2fin_cli.io.classmap import TAG_MODEL, TAG_MODEL_SHA256
 from s2fin_cli.io.grid import Grid
@@ -213,3 +214,15 @@ def test_subprocess_cog_with_probabilities(tmp_path: Path, scene: Path, model: P
     with rasterio.open(tmp_path / "p.tif") as ds:
         assert ds.count == 4 and ds.overviews(1)
     assert not _leftovers(tmp_path)
+
+
+def test_gdal_cache_follows_tiles_not_scene_size(tmp_path: Path) -> None:
+    tiles = {"BLOCKXSIZE": "16", "BLOCKYSIZE": "16"}
+    small = write_scene(tmp_path / "small.tif", utm_grid(64, 64), creation_options=tiles)
+    large = write_scene(tmp_path / "large.tif", utm_grid(256, 256), creation_options=tiles)
+    jobs = plan_jobs([small, large], None, None, None, None, None, None, cog=False,
+                     creation_options={}, overwrite=False, tags={})
+    one = gdal_cache_bytes(jobs[:1], 40)
+    assert one == gdal_cache_bytes(jobs[1:], 40)
+    # (40 / 16 + 1)^2 = 16 tiles of 16x16 px x 7 float32 bands, plus the margin
+    assert one == 16 * 16 * 16 * 7 * 4 + (GDAL_CACHE_MIN_MB << 20)
