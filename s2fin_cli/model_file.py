@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,8 +52,10 @@ class ModalitySpec:
     nodata: float | None
 
     def to_json(self) -> dict[str, Any]:
+        # JSON has no NaN: a NaN nodata (common for float rasters) is stored as null.
+        nodata = self.nodata if self.nodata is None or math.isfinite(self.nodata) else None
         return {"kind": self.kind, "bands": self.bands, "band_names": list(self.band_names),
-                "nodata": self.nodata}
+                "nodata": nodata}
 
     @classmethod
     def from_json(cls, data: Any) -> ModalitySpec:
