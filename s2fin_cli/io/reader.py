@@ -147,6 +147,18 @@ def _read_masked(dataset: Any, indexes: tuple[int, ...], window: Window) -> np.n
     return out
 
 
+def _read_or_fail(dataset: Any, modality: Modality, window: Window) -> np.ndarray:
+    """:func:`_read_masked`, with a corrupt or truncated file (a tile that fails to decode) as a
+    one-line :class:`InputError` naming the file instead of GDAL's generic read failure."""
+    try:
+        return _read_masked(dataset, modality.band_indexes, window)
+    except RasterioIOError as exc:
+        cause = exc.__cause__ or exc
+        detail = (str(cause).splitlines() or [type(cause).__name__])[0]
+        raise InputError(f"{modality.path} cannot be read (corrupt or truncated?): {detail}",
+                         hint="check or re-export the file") from None
+
+
 class Scene:
     """An optical raster and an auxiliary raster aligned on the optical grid.
 
@@ -200,8 +212,8 @@ class Scene:
         r_lo, r_hi = int(rows.min()), int(rows.max()) + 1
         c_lo, c_hi = int(cols.min()), int(cols.max()) + 1
         box = Window(c_lo, r_lo, c_hi - c_lo, r_hi - r_lo)
-        optical = _read_masked(self._optical_source, self.optical.band_indexes, box)
-        aux = _read_masked(self._aux_source, self.aux.band_indexes, box)
+        optical = _read_or_fail(self._optical_source, self.optical, box)
+        aux = _read_or_fail(self._aux_source, self.aux, box)
         ri, ci = np.ix_(rows - r_lo, cols - c_lo)
         return SceneBlock(window, halo, optical[:, ri, ci], aux[:, ri, ci])
 
