@@ -71,19 +71,19 @@ def evaluate(
         Path,
         typer.Option("--labels", "-l", help="Reference labels: a raster (0 = unlabeled) or "
                      "vectors (GeoJSON, GeoPackage, Shapefile); put on the map's (or scene's) "
-                     "grid.", dir_okay=False, show_default=False),
+                     "grid.", show_default=False),
     ],
     input_path: Annotated[
         Path | None,
         typer.Argument(help="A class map (uint8/uint16, 0 = nodata, as written by s2fin "
-                       "predict); with -m, a stacked scene instead.", dir_okay=False,
+                       "predict); with -m, a stacked scene instead.",
                        show_default=False, metavar="MAP_OR_SCENE"),
     ] = None,
     label_field: LabelField = None,
     model: Annotated[
         Path | None,
         typer.Option("--model", "-m", help="Assess a model file instead of a map: it classifies "
-                     "only the labelled pixels of the scene.", dir_okay=False,
+                     "only the labelled pixels of the scene.",
                      show_default=False),
     ] = None,
     hsi: HsiPath = None,
@@ -102,7 +102,7 @@ def evaluate(
     csv: Annotated[
         Path | None,
         typer.Option("--csv", help="Write the metrics as CSV here, and the confusion matrix "
-                     "beside it (NAME.confusion.csv).", dir_okay=False, show_default=False),
+                     "beside it (NAME.confusion.csv).", show_default=False),
     ] = None,
     figures: Annotated[
         Path | None,

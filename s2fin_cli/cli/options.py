@@ -27,15 +27,14 @@ CreationOptions = Annotated[
 HsiPath = Annotated[
     Path | None,
     typer.Option("--hsi", help="Optical raster (hyperspectral or multispectral); its grid is the "
-                 "reference.", dir_okay=False),
+                 "reference."),
 ]
 LidarPath = Annotated[
     Path | None,
-    typer.Option("--lidar", help="LiDAR raster (DSM, optionally more bands such as intensity).",
-                 dir_okay=False),
+    typer.Option("--lidar", help="LiDAR raster (DSM, optionally more bands such as intensity)."),
 ]
 SarPath = Annotated[
-    Path | None, typer.Option("--sar", help="SAR raster (one or more bands).", dir_okay=False)
+    Path | None, typer.Option("--sar", help="SAR raster (one or more bands).")
 ]
 LabelField = Annotated[
     str | None,

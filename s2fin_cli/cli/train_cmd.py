@@ -50,12 +50,12 @@ def train(
     labels: Annotated[
         Path,
         typer.Option("--labels", help="Training labels: a class raster (0 = unlabeled) or "
-                     "vectors (GeoJSON/Shapefile/GeoPackage).", dir_okay=False),
+                     "vectors (GeoJSON/Shapefile/GeoPackage)."),
     ],
     scene: Annotated[
         Path | None,
         typer.Argument(help="Stacked scene (optical bands, then LiDAR/SAR bands), e.g. written "
-                       "by s2fin stack. Or give --hsi with --lidar/--sar.", dir_okay=False),
+                       "by s2fin stack. Or give --hsi with --lidar/--sar."),
     ] = None,
     hsi: HsiPath = None,
     lidar: LidarPath = None,
@@ -69,11 +69,10 @@ def train(
     test_labels: Annotated[
         Path | None,
         typer.Option("--test-labels", help="Disjoint test labels: scored with the selected "
-                     "model (never used to select it); report in <output>.report.json.",
-                     dir_okay=False),
+                     "model (never used to select it); report in <output>.report.json."),
     ] = None,
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="The model file to write.", dir_okay=False)
+        Path, typer.Option("--output", "-o", help="The model file to write.")
     ] = DEFAULT_MODEL_PATH,
     overwrite: Overwrite = False,
     per_class: Annotated[
