@@ -5,9 +5,9 @@ Decisions (documented in docs/reliability.md):
 - NaN and Inf are invalid values: they never enter the training statistics; a pixel whose bands
   are all invalid in either modality is nodata (0) in the map, and labels on it are dropped with
   a warning.
-- A scene that is nodata everywhere: ``train`` refuses it (5: no usable labelled pixel, all on scene nodata);
-  ``predict`` writes an all-nodata map (exit 0; the report says 0 pixels classified), so a batch
-  over many tiles does not fail on a tile outside the sensor's footprint.
+- A scene that is nodata everywhere: ``train`` refuses it (5: no usable labelled pixel, all on
+  scene nodata); ``predict`` writes an all-nodata map (exit 0; the report says 0 pixels
+  classified), so a batch over many tiles does not fail on a tile outside the footprint.
 - Nodata in a patch's halo is filled with the training mean: the centre is still classified.
 """
 
