@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -40,3 +41,24 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """torch intra-op threads for the duration of a command (default 1), restored after.
+
+    One thread by default: S²Fin's ops on patch batches are small, and on a busy machine a
+    descheduled sibling thread stalls every op. On this project's 2-core CI machine an epoch of
+    the sample scene ran 6-50x slower with 2 threads than with 1, and a prediction of the sample
+    scene took 651 s with torch's default against 79 s with one thread (s2fin predict
+    sample_scenes/scene.tif, measured while other jobs ran). On a dedicated multi-core server,
+    raise it with --threads.
+    """
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -27,6 +27,7 @@ from s2fin_cli.cli.options import (
     LidarPath,
     Overwrite,
     SarPath,
+    Threads,
 )
 from s2fin_cli.errors import ConfigError, OutputError
 from s2fin_cli.evaluation import DEFAULT_BATCH_SIZE, DEFAULT_BLOCK_SIZE, Evaluation
@@ -113,6 +114,7 @@ def evaluate(
     overwrite: Overwrite = False,
     json_output: JsonOutput = False,
     device: Device = "auto",
+    threads: Threads = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, help="Model mode: patches per forward pass.")
     ] = DEFAULT_BATCH_SIZE,
@@ -137,7 +139,7 @@ def evaluate(
     if model_mode:
         assert model is not None
         evaluation = _evaluate_model(model, input_path, hsi, lidar, sar, aux_bands, labels,
-                                     label_field, exclude_unknown, device, batch_size)
+                                     label_field, exclude_unknown, device, threads, batch_size)
     else:
         assert input_path is not None
         from s2fin_cli.evaluation import evaluate_map
@@ -165,8 +167,8 @@ def evaluate(
 def _evaluate_model(model: Path, scene_path: Path | None, hsi: Path | None, lidar: Path | None,
                     sar: Path | None, aux_bands: int | None, labels: Path,
                     label_field: str | None, exclude_unknown: bool, device: str,
-                    batch_size: int) -> Evaluation:
-    from s2fin_cli.device import select_device
+                    threads: int | None, batch_size: int) -> Evaluation:
+    from s2fin_cli.device import cpu_threads, select_device
     from s2fin_cli.evaluation import evaluate_model
     from s2fin_cli.io.reader import open_scene_from_options
     from s2fin_cli.model_file import load_model_file
@@ -175,9 +177,10 @@ def _evaluate_model(model: Path, scene_path: Path | None, hsi: Path | None, lida
     with open_scene_from_options(scene_path, hsi, lidar, sar, aux_bands=aux_bands) as scene:
         bundle.check_scene(scene)
         torch_device = select_device(device)
-        return evaluate_model(bundle, scene, labels, label_field=label_field,
-                              exclude_unknown=exclude_unknown, device=torch_device,
-                              batch_size=batch_size, model_path=model)
+        with cpu_threads(threads):
+            return evaluate_model(bundle, scene, labels, label_field=label_field,
+                                  exclude_unknown=exclude_unknown, device=torch_device,
+                                  batch_size=batch_size, model_path=model)
 
 
 def _write_outputs(evaluation: Evaluation, csv: Path | None, figures: Path | None,

@@ -17,6 +17,11 @@ Device = Annotated[
     str,
     typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N."),
 ]
+Threads = Annotated[
+    int | None,
+    typer.Option("--threads", help="CPU threads for torch (default 1, fastest on busy or small "
+                 "machines; raise it on a dedicated multi-core server)."),
+]
 Seed = Annotated[
     int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")
 ]

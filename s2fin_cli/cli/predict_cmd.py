@@ -36,8 +36,9 @@ from s2fin_cli.cli.options import (
     LidarPath,
     Overwrite,
     SarPath,
+    Threads,
 )
-from s2fin_cli.device import select_device
+from s2fin_cli.device import cpu_threads, select_device
 from s2fin_cli.errors import ConfigError, InputError, OutputError, S2finError
 from s2fin_cli.inference import (
     DEFAULT_BATCH_SIZE,
@@ -237,6 +238,7 @@ def predict(
     co: CreationOptions = None,
     overwrite: Overwrite = False,
     device: Device = "auto",
+    threads: Threads = None,
     batch_size: Annotated[
         int | None,
         typer.Option("--batch-size", min=1, show_default=False,
@@ -263,7 +265,7 @@ def predict(
                      tags=tags)
     check_jobs(jobs, bundle, aux_bands)
     cache = gdal_cache_bytes(jobs, block_size + 2 * bundle.geometry.halo)
-    with _bounded_gdal_cache(cache):
+    with _bounded_gdal_cache(cache), cpu_threads(threads):
         _run(jobs, bundle, model_path, aux_bands, device, batch_size, block_size, json_output)
 
 

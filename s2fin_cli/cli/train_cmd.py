@@ -22,6 +22,7 @@ from s2fin_cli.cli.options import (
     Overwrite,
     SarPath,
     Seed,
+    Threads,
 )
 from s2fin_cli.distributed import launch_env, process_group, rank_device
 from s2fin_cli.errors import EXIT_INTERRUPTED, ConfigError
@@ -105,10 +106,7 @@ def train(
     ] = _D.patience,
     seed: Seed = 0,
     device: Device = "auto",
-    threads: Annotated[
-        int | None, typer.Option("--threads", help="CPU threads for torch (default 1: small "
-                                 "patch batches run fastest single-threaded).")
-    ] = None,
+    threads: Threads = None,
     patch_size: Annotated[
         int, typer.Option("--patch-size", help="Spatial patch side, odd, 7..15.")
     ] = DEFAULT_PATCH,
