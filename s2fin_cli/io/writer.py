@@ -22,7 +22,7 @@ import rasterio
 from rasterio.errors import RasterioIOError
 
 from s2fin_cli.classes import ClassTable
-from s2fin_cli.errors import OutputError
+from s2fin_cli.errors import OutputError, S2finError
 from s2fin_cli.io.grid import Grid
 
 # Sidecars GDAL may create next to a raster (PAM statistics, category names, overviews).
@@ -90,12 +90,34 @@ def atomic_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> I
                 _remove_quietly(side_final)
         os.replace(tmp, final)
     except BaseException as exc:
+        # Before the temporary file is removed (and frees its space): libraries report a full
+        # disk in their own words (torch: "unexpected pos", GDAL: "not recognized as a supported
+        # file format" on reopening what it failed to write), so ask the file system.
+        full = (isinstance(exc, Exception) and not isinstance(exc, S2finError)
+                and _disk_full(final.parent if str(final.parent) else Path(".")))
         _remove_quietly(tmp)
         for suffix in _SIDECAR_SUFFIXES:
             _remove_quietly(tmp.with_name(tmp.name + suffix))
+        if full:
+            raise OutputError(f"disk full while writing {final}",
+                              hint="free space or write elsewhere") from exc
         if isinstance(exc, OSError | RasterioIOError) and not isinstance(exc, OutputError):
             raise _as_output_error(exc, final) from exc
         raise
+
+
+# A write that failed with less than this free on its file system failed for want of space.
+_FULL_DISK_BYTES = 16 << 20
+
+
+def _disk_full(directory: Path) -> bool:
+    try:
+        st = os.statvfs(directory)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return False
+    # f_bavail: what an unprivileged user may still use; root also gets the reserved blocks.
+    free = st.f_bfree if os.name == "posix" and os.geteuid() == 0 else st.f_bavail
+    return free * st.f_frsize < _FULL_DISK_BYTES
 
 
 def _as_output_error(exc: BaseException, path: Path) -> OutputError:
