@@ -250,9 +250,12 @@ def describe_model_file(path: Path) -> dict[str, Any]:
         "parameters": f"{table[-1][1]:,}",
         "modules off": ", ".join(switches) or "none (full S²Fin)",
     }
-    for key in ("created", "seed", "protocol", "epochs_run"):
-        if key in bundle.provenance:
-            summary[key] = bundle.provenance[key]
+    for key in ("created", "seed", "protocol", "epochs_run", "best_epoch"):
+        value = bundle.provenance.get(key)
+        if isinstance(value, dict):  # e.g. the protocol: its one-line description
+            value = value.get("description")
+        if value is not None:
+            summary[key.replace("_", " ")] = value
     for key in ("validation", "test"):
         m = bundle.metrics.get(key)
         if isinstance(m, dict) and "oa" in m:

@@ -37,6 +37,8 @@ def inspect(
         return
     for info in infos:
         console.stdout.print(_table(info))
+        if info["kind"] == "model":
+            console.stdout.print(_parameter_table(info))
     if aligns:
         table = Table(title="Alignment to the first raster (the reference grid)")
         for col in ("raster", "status", "coverage"):
@@ -46,6 +48,16 @@ def inspect(
             style = None if a["ok"] else "red"
             table.add_row(Path(a["path"]).name, a["status"], cov, style=style)
         console.stdout.print(table)
+
+
+def _parameter_table(info: dict[str, Any]) -> Table:
+    table = Table(title="Parameters per module")
+    table.add_column("module")
+    table.add_column("parameters", justify="right")
+    for row in info["parameters"]:
+        style = "bold" if row["module"] == "total" else None
+        table.add_row(row["module"], f"{row['parameters']:,}", style=style)
+    return table
 
 
 def _table(info: dict[str, Any]) -> Table:
