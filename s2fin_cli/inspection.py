@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rasterio.warp import transform_bounds
 
 from s2fin_cli.errors import InputError
 from s2fin_cli.io.grid import Grid
@@ -102,15 +101,9 @@ def alignment(reference: Grid, other: Grid) -> dict[str, Any]:
         if reference.shape == other.shape:
             return {"status": "same size, CRS missing: taken as co-registered", "ok": True}
         return {"status": "cannot align: a CRS is missing and sizes differ", "ok": False}
-    west, south, east, north = transform_bounds(other.crs, reference.crs, *other.bounds,
-                                                densify_pts=21)
-    ref = reference.bounds
-    ow = min(east, ref.right) - max(west, ref.left)
-    oh = min(north, ref.top) - max(south, ref.bottom)
-    if ow <= 0 or oh <= 0:
+    coverage = reference.coverage_by(other)
+    if coverage <= 0:
         return {"status": "cannot align: no spatial overlap", "ok": False}
-    area = (ref.right - ref.left) * (ref.top - ref.bottom)
-    coverage = float(np.clip(ow * oh / area, 0.0, 1.0)) if area > 0 else 0.0
     reasons = []
     if other.crs != reference.crs:
         reasons.append(f"reprojected from {other.crs.to_string()}")

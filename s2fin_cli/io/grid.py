@@ -13,6 +13,7 @@ from affine import Affine
 from rasterio.coords import BoundingBox
 from rasterio.crs import CRS
 from rasterio.transform import array_bounds
+from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 
@@ -62,6 +63,23 @@ class Grid:
         pixel = max(self.resolution) or 1.0
         return all(abs(a - b) <= tolerance * pixel
                    for a, b in zip(self.transform[:6], other.transform[:6], strict=True))
+
+    def coverage_by(self, other: Grid) -> float:
+        """Fraction of this grid's area inside ``other``'s footprint (0 when they do not meet).
+
+        Both grids need a CRS; ``other``'s bounds are reprojected (densified edges) to ours.
+        """
+        if self.crs is None or other.crs is None:
+            raise ValueError("coverage needs a CRS on both grids")
+        west, south, east, north = transform_bounds(other.crs, self.crs, *other.bounds,
+                                                    densify_pts=21)
+        ref = self.bounds
+        width = min(east, ref.right) - max(west, ref.left)
+        height = min(north, ref.top) - max(south, ref.bottom)
+        if width <= 0 or height <= 0:
+            return 0.0
+        area = (ref.right - ref.left) * (ref.top - ref.bottom)
+        return min(1.0, width * height / area) if area > 0 else 0.0
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready description (used by ``inspect --json`` and the model file)."""

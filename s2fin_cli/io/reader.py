@@ -265,12 +265,10 @@ def align_to_grid(
             f"{reference_label} ({reference.width}x{reference.height})",
             hint="georeference both rasters, or resample them to the same size",
         )
-    west, south, east, north = transform_bounds(grid.crs, reference.crs, *grid.bounds,
-                                                densify_pts=21)
-    ref = reference.bounds
-    overlap_w = min(east, ref.right) - max(west, ref.left)
-    overlap_h = min(north, ref.top) - max(south, ref.bottom)
-    if overlap_w <= 0 or overlap_h <= 0:
+    coverage = reference.coverage_by(grid)
+    if coverage <= 0:
+        west, south, east, north = transform_bounds(grid.crs, reference.crs, *grid.bounds)
+        ref = reference.bounds
         raise AlignmentError(
             f"{label} does not overlap {reference_label}: {label} covers "
             f"({west:.6g}, {south:.6g}, {east:.6g}, {north:.6g}) and {reference_label} "
@@ -278,7 +276,6 @@ def align_to_grid(
             f"{reference.crs.to_string()}",
             hint="check that both rasters show the same place",
         )
-    coverage = (overlap_w * overlap_h) / max((ref.right - ref.left) * (ref.top - ref.bottom), 1e-30)
     vrt = WarpedVRT(
         dataset,
         crs=reference.crs,
