@@ -117,10 +117,13 @@ class MapOutputs:
     creation_options: Mapping[str, str] = field(default_factory=dict)
     overwrite: bool = False
     tags: Mapping[str, str] = field(default_factory=dict)  # e.g. model path and checksum
+    # The .qml style and the category names / RAT. Off for the part files of a sharded
+    # prediction (intermediate files: `s2fin merge` styles the map it assembles).
+    style: bool = True
 
     def paths(self) -> list[Path]:
         """Every file that will be written (sidecars included), class map first."""
-        out = [self.classes, qml_path_for(self.classes)]
+        out = [self.classes, *([qml_path_for(self.classes)] if self.style else [])]
         out += [p for p in (self.probabilities, self.confidence) if p is not None]
         return out
 
@@ -219,19 +222,28 @@ class ClassMapWriter:
                     confidence: np.ndarray | None = None) -> None:
         """Write one block: class ids (rows, cols) with 0 = nodata; probabilities (classes, rows,
         cols) and confidence (rows, cols) as floats in [0, 1] with NaN = nodata."""
+        self.write_encoded(window, class_ids,
+                           None if probabilities is None else encode_probability(probabilities),
+                           None if confidence is None else encode_probability(confidence))
+
+    def write_encoded(self, window: Window, class_ids: np.ndarray,
+                      probabilities: np.ndarray | None = None,
+                      confidence: np.ndarray | None = None) -> None:
+        """Like :meth:`write_block`, with probabilities and confidence already encoded as uint8
+        (:func:`encode_probability`), as read back from another map (``s2fin merge``)."""
         with self._lock:
             self._rasters["classes"].dataset.write(class_ids.astype(self.dtype, copy=False), 1,
                                                    window=window)
             if "probabilities" in self._rasters:
                 if probabilities is None:
                     raise ValueError("this writer needs probabilities for every block")
-                self._rasters["probabilities"].dataset.write(encode_probability(probabilities),
-                                                             window=window)
+                self._rasters["probabilities"].dataset.write(probabilities, window=window)
             if "confidence" in self._rasters:
                 if confidence is None:
                     raise ValueError("this writer needs a confidence for every block")
-                self._rasters["confidence"].dataset.write(encode_probability(confidence), 1,
-                                                          window=window)
+                if confidence.ndim == 3:
+                    confidence = confidence[0]
+                self._rasters["confidence"].dataset.write(confidence, 1, window=window)
 
     # -- finishing -------------------------------------------------------------------------
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -243,13 +255,14 @@ class ClassMapWriter:
                 raster.dataset.close()
                 if self.outputs.cog:
                     self._to_cog(raster)
-                if key == "classes":
+                if key == "classes" and self.outputs.style:
                     write_categories(raster.tmp, self.classes)
         except BaseException as error:
             self._abort(type(error), error, error.__traceback__)
             raise
         self._stack.close()  # renames every temporary into place
-        write_qml(qml_path_for(self.outputs.classes), self.classes, overwrite=True)
+        if self.outputs.style:
+            write_qml(qml_path_for(self.outputs.classes), self.classes, overwrite=True)
 
     def _to_cog(self, raster: _Raster) -> None:
         with rasterio.open(raster.stage, "r+") as ds:
