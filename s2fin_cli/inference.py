@@ -15,6 +15,9 @@ batch, never the scene:
    behind a bounded queue.
 
 Centres that are nodata in either modality are not classified and come out as 0 (nodata).
+With ``shard`` (:class:`s2fin_cli.sharding.Shard`) only that shard's blocks are read, classified
+and written (block ``k`` of the row-major tiling belongs to shard ``k % N``): N processes together
+classify every block once, each exactly as a single-process run does.
 An exception in any thread (or Ctrl-C) stops the other two and propagates to the caller.
 """
 
@@ -36,9 +39,10 @@ from torch import Tensor
 from s2fin_cli import console
 from s2fin_cli.device import autocast
 from s2fin_cli.io.reader import Scene, SceneBlock
-from s2fin_cli.io.windows import block_count, iter_blocks
+from s2fin_cli.io.windows import iter_blocks
 from s2fin_cli.model_file import ModelBundle
 from s2fin_cli.patches import cut_inputs
+from s2fin_cli.sharding import Shard
 
 DEFAULT_BATCH_SIZE = 512  # on CUDA
 # On the CPU, batches beyond ~128 patches are no faster (the activations fall out of cache) and
@@ -343,12 +347,14 @@ def predict_scene(
     json_progress: bool = False,
     predictor: BlockPredictor | None = None,
     description: str = "predict",
+    shard: Shard | None = None,
 ) -> PredictionSummary:
     """Classify every pixel of ``scene`` and hand each finished block to ``sink``.
 
     ``sink`` is a :class:`ClassMapWriter` (anything with ``write_block``) or a callable taking a
     :class:`BlockResult`; it is called from the writer thread, one block at a time, in order.
     The model/scene compatibility is the caller's to check first (``bundle.check_scene``).
+    With ``shard``, only its blocks (see the module docstring) are classified and handed over.
     """
     if block_size < 1:
         raise ValueError("block_size must be positive")
@@ -365,8 +371,9 @@ def predict_scene(
 
     write = _as_writer(sink)
 
-    windows = list(iter_blocks(grid.height, grid.width, block_size))
-    total = block_count(grid.height, grid.width, block_size)
+    windows = (list(iter_blocks(grid.height, grid.width, block_size)) if shard is None
+               else shard.windows(grid.height, grid.width, block_size))
+    total = len(windows)
     summary = PredictionSummary(device=str(predictor.device))
     pipeline = _Pipeline(read, windows, write, prefetch)
     start = time.perf_counter()
