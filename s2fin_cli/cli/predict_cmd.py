@@ -8,6 +8,13 @@ scene they name files, or existing directories that receive the derived names.
 
 Everything is checked before anything is computed: every input opens and aligns, the model fits
 every scene, and no output exists (unless ``--overwrite``).
+
+Sharding (``--shard i/N``, 0-based; see :mod:`s2fin_cli.sharding` and docs/distributed.md): the
+process classifies only the blocks ``k`` with ``k % N == i`` and writes part files named after the
+outputs, ``scene.classes.part-0003-of-0008.tif`` (likewise for probabilities and confidence), that
+``s2fin merge`` assembles. Without ``--shard`` the shard comes from a SLURM job array
+(``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT``) or from ``RANK``/``WORLD_SIZE`` when they
+are set (with a note); ``--shard none`` classifies the whole scene whatever the environment.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,6 +58,7 @@ from s2fin_cli.io.classmap import ClassMapWriter, MapOutputs, model_tags
 from s2fin_cli.io.reader import Scene, open_scene_from_options
 from s2fin_cli.io.writer import check_output_path, parse_creation_options, qml_path_for
 from s2fin_cli.model_file import DEFAULT_MODEL_PATH, ModelBundle, load_model_file
+from s2fin_cli.sharding import Shard, part_path, resolve_shard, shard_outputs
 
 _GLOB_CHARS = set("*?[")
 # GDAL block cache while predicting: what one block read touches, plus this margin (MB).
@@ -134,6 +142,21 @@ def plan_jobs(
             cog=cog, creation_options=creation_options, overwrite=overwrite, tags=tags)
         jobs.append(Job(scene, hsi_path if scene is None else hsi, lidar, sar, outputs))
     return jobs
+
+
+def shard_jobs(jobs: list[Job], shard: Shard) -> list[Job]:
+    """The jobs of one shard: every output renamed to its part file (:func:`part_path`)."""
+    out = []
+    for job in jobs:
+        o = job.outputs
+        if o.cog:
+            raise ConfigError("--cog cannot be used with --shard: parts are plain GeoTIFFs",
+                              hint="pass --cog to s2fin merge")
+        out.append(replace(job, outputs=replace(
+            o, classes=part_path(o.classes, shard),
+            probabilities=None if o.probabilities is None else part_path(o.probabilities, shard),
+            confidence=None if o.confidence is None else part_path(o.confidence, shard))))
+    return out
 
 
 @contextmanager
@@ -249,10 +272,19 @@ def predict(
         int, typer.Option("--block-size", min=1, help="Side of the blocks read, classified and "
                           "written at a time (memory follows it).")
     ] = DEFAULT_BLOCK_SIZE,
+    shard_option: Annotated[
+        str | None,
+        typer.Option("--shard", metavar="I/N", show_default=False,
+                     help="Classify only shard I of N (0-based: 0/8 .. 7/8; block k belongs to "
+                     "shard k % N) into part files SCENE.classes.part-000I-of-000N.tif, to join "
+                     "with `s2fin merge`. Default: from SLURM_ARRAY_TASK_ID/COUNT, else "
+                     "RANK/WORLD_SIZE, when set; 'none': the whole scene."),
+    ] = None,
     json_output: JsonOutput = False,
 ) -> None:
     """Classify scenes with a trained model into styled, georeferenced class maps."""
     scene_paths = expand_scenes(list(scenes or []))
+    shard = resolve_shard(shard_option)
     model_path = model
     if model_path is None:
         model_path = DEFAULT_MODEL_PATH
@@ -263,10 +295,13 @@ def predict(
     jobs = plan_jobs(scene_paths, hsi, lidar, sar, output, probabilities, confidence, cog=cog,
                      creation_options=parse_creation_options(co or []), overwrite=overwrite,
                      tags=tags)
+    if shard is not None:
+        jobs = shard_jobs(jobs, shard)
     check_jobs(jobs, bundle, aux_bands)
     cache = gdal_cache_bytes(jobs, block_size + 2 * bundle.geometry.halo)
     with _bounded_gdal_cache(cache), cpu_threads(threads):
-        _run(jobs, bundle, model_path, aux_bands, device, batch_size, block_size, json_output)
+        _run(jobs, bundle, model_path, aux_bands, device, batch_size, block_size, json_output,
+             shard)
 
 
 def gdal_cache_bytes(jobs: list[Job], window: int) -> int:
@@ -300,7 +335,8 @@ def _bounded_gdal_cache(cache_bytes: int) -> Iterator[None]:
 
 
 def _run(jobs: list[Job], bundle: ModelBundle, model_path: Path, aux_bands: int | None,
-         device: str, batch_size: int | None, block_size: int, json_output: bool) -> None:
+         device: str, batch_size: int | None, block_size: int, json_output: bool,
+         shard: Shard | None = None) -> None:
     torch_device = select_device(device)
     predictor_model = bundle.build_model(torch_device)
     reports: list[dict[str, Any]] = []
@@ -315,14 +351,19 @@ def _run(jobs: list[Job], bundle: ModelBundle, model_path: Path, aux_bands: int 
                                    model=predictor_model)
         with _quiet():
             scene = _open(job, aux_bands)
-        with scene, ClassMapWriter(scene.grid, bundle.classes, job.outputs) as writer:
-            summary = predict_scene(scene, bundle, writer, block_size=block_size,
-                                    predictor=predictor, progress=not json_output,
-                                    description=f"predict {job.source.name}")
+        with scene:
+            outputs = job.outputs if shard is None else shard_outputs(
+                job.outputs, shard, block_size=block_size, grid=scene.grid, scene=job.source)
+            label = job.source.name if shard is None else f"{job.source.name} shard {shard}"
+            with ClassMapWriter(scene.grid, bundle.classes, outputs) as writer:
+                summary = predict_scene(scene, bundle, writer, block_size=block_size,
+                                        predictor=predictor, progress=not json_output,
+                                        description=f"predict {label}", shard=shard)
         report = {
             "input": str(job.source),
             "output": str(job.outputs.classes),
-            "style": str(qml_path_for(job.outputs.classes)),
+            "style": str(qml_path_for(job.outputs.classes)) if outputs.style else None,
+            "shard": None if shard is None else str(shard),
             "probabilities": None if job.outputs.probabilities is None
             else str(job.outputs.probabilities),
             "confidence": None if job.outputs.confidence is None else str(job.outputs.confidence),
