@@ -21,6 +21,7 @@ from s2fin_cli.inference import (
 )
 from s2fin_cli.io.reader import open_stacked_scene
 from s2fin_cli.model_file import ModelBundle
+from s2fin_cli.sharding import Shard
 from tests.conftest import utm_grid
 from tests.s2fin_cli.helpers import tiny_bundle, torch_threads, write_scene
 
@@ -171,7 +172,7 @@ def test_model_error_midway_propagates_and_stops_threads(tmp_path: Path) -> None
             raise RuntimeError("injected failure")
         return forward(*args)
 
-    predictor.model.forward = failing  # type: ignore[method-assign]
+    predictor.model.forward = failing
     written: list[BlockResult] = []
     with open_stacked_scene(path) as scene, pytest.raises(RuntimeError, match="injected"):
         predict_scene(scene, bundle, written.append, block_size=4, predictor=predictor,
@@ -218,7 +219,7 @@ def test_reader_error_propagates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             count["n"] += 1
             if count["n"] == 3:
                 raise ValueError("bad block")
-            return original(window, halo)  # type: ignore[arg-type]
+            return original(window, halo)
 
         monkeypatch.setattr(scene, "read", read)
         with pytest.raises(ValueError, match="bad block"):
@@ -243,3 +244,21 @@ def test_cuda_with_amp_matches_cpu(tmp_path: Path) -> None:
     assert probs is not None and np.isfinite(probs).all()
     # bf16/fp16 autocast may flip near-ties only.
     assert (cpu == gpu).mean() > 0.95
+
+
+def test_shards_classify_each_block_once_as_a_single_run_does(tmp_path: Path) -> None:
+    path = write_scene(tmp_path / "s.tif", utm_grid(width=13, height=11))
+    bundle = tiny_bundle(path, class_ids=CLASS_IDS)
+    single, _, _, summary = _collect(path, bundle, block_size=4)
+    merged = np.full(single.shape, -1, np.int64)
+    blocks = 0
+    for i in range(3):
+        part, _, _, shard_summary = _collect(path, bundle, block_size=4, shard=Shard(i, 3))
+        written = part >= 0
+        assert not (written & (merged >= 0)).any()  # no block twice
+        merged[written] = part[written]
+        blocks += shard_summary.blocks
+    assert np.array_equal(merged, single) and blocks == summary.blocks == 12
+    # more shards than blocks: a shard may own nothing
+    empty, _, _, nothing = _collect(path, bundle, block_size=4, shard=Shard(12, 13))
+    assert nothing.blocks == 0 and (empty == -1).all()

@@ -194,3 +194,33 @@ def test_write_block_window_placement(tmp_path: Path) -> None:
     with rasterio.open(tmp_path / "m.tif") as ds:
         data = ds.read(1)
     assert data.sum() == 4 * 6 and (data[1:3, 2:5] == 4).all()
+
+
+def test_unstyled_output_and_encoded_writes(tmp_path: Path) -> None:
+    """Part files of a sharded prediction: no .qml, no category sidecar; ``write_encoded``
+    (what merge uses) writes what ``write_block`` writes."""
+    grid = utm_grid(width=20, height=12)
+    arr = _class_array(grid)
+    probs = np.moveaxis(np.random.default_rng(2).dirichlet(np.ones(3), size=grid.shape), -1, 0)
+    conf = probs.max(0)
+    probs[:, arr == 0] = np.nan
+    conf[arr == 0] = np.nan
+    paths = {}
+    for name, style in (("a", True), ("b", False)):
+        outputs = MapOutputs(tmp_path / f"{name}.tif", probabilities=tmp_path / f"{name}p.tif",
+                             confidence=tmp_path / f"{name}c.tif", style=style)
+        with ClassMapWriter(grid, CLASSES, outputs) as writer:
+            for window in iter_blocks(grid.height, grid.width, 8):
+                rs, cs = window_slices(window)
+                if style:
+                    writer.write_block(window, arr[rs, cs], probs[:, rs, cs], conf[rs, cs])
+                else:
+                    writer.write_encoded(window, arr[rs, cs],
+                                         encode_probability(probs[:, rs, cs]),
+                                         encode_probability(conf[rs, cs]))
+        paths[name] = outputs
+    assert _files(tmp_path) == {"a.tif", "a.tif.aux.xml", "a.qml", "ap.tif", "ac.tif", "b.tif",
+                                "bp.tif", "bc.tif"}
+    for a, b in (("a.tif", "b.tif"), ("ap.tif", "bp.tif"), ("ac.tif", "bc.tif")):
+        with rasterio.open(tmp_path / a) as x, rasterio.open(tmp_path / b) as y:
+            assert np.array_equal(x.read(), y.read()) and x.tags() == y.tags()
