@@ -39,7 +39,10 @@ GRID = utm_grid(width=21, height=17)
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
+def _one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # Inside a SLURM array or torchrun these would make predict shard (--shard's default).
+    for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
     with torch_threads(1):
         yield
 
@@ -226,3 +229,22 @@ def test_gdal_cache_follows_tiles_not_scene_size(tmp_path: Path) -> None:
     assert one == gdal_cache_bytes(jobs[1:], 40)
     # (40 / 16 + 1)^2 = 16 tiles of 16x16 px x 7 float32 bands, plus the margin
     assert one == 16 * 16 * 16 * 7 * 4 + (GDAL_CACHE_MIN_MB << 20)
+
+
+def test_shard_from_rank_and_world_size(tmp_path: Path, scene: Path, model: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = runner.invoke(app, ["predict", str(scene), "-m", str(model), "--block-size", "8",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    assert "predicting shard 1/2 (RANK=1, WORLD_SIZE=2)" in result.stderr
+    report = json.loads(result.stdout)["scenes"][0]
+    assert report["shard"] == "1/2" and report["style"] is None
+    part = tmp_path / "scene.classes.part-0001-of-0002.tif"
+    assert report["output"] == str(part)
+    assert report["classified"] == 64 + 64 + 40 + 8  # blocks 1, 3, 5, 7 (8x8, 8x8, 8x5, 1x8)
+    with rasterio.open(part) as ds:
+        assert "S2FIN_SHARD" in ds.tags() and _grid(part).same_as(GRID)
+    assert not (tmp_path / "scene.classes.tif").exists()
+    assert not (tmp_path / "scene.classes.part-0001-of-0002.qml").exists()
