@@ -62,7 +62,8 @@ def merge(
 ) -> None:
     """Assemble the parts of a sharded prediction (predict --shard) into one class map."""
     paths = [p for p in expand_scenes(parts) if not p.name.lower().endswith(_SIDECARS)]
-    unique = list(dict.fromkeys(paths, None))  # the same file named twice counts once
+    # The same file named twice (a glob and its name, relative and absolute) counts once.
+    unique = list({p.resolve(): p for p in reversed(paths)}.values())[::-1]
     read = [read_part(p) for p in unique]
     checked = check_parts(read)
     target = output if output is not None else merged_path(checked[0].path)
