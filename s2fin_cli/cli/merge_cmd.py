@@ -36,7 +36,7 @@ def merge(
         list[str],
         typer.Argument(help="The class-map part files of one sharded prediction (or a glob "
                        "pattern, e.g. 'scene.classes.part-*.tif').", show_default=False,
-                       metavar="PARTS..."),
+                       metavar="PART..."),
     ],
     output: Annotated[
         Path | None,
