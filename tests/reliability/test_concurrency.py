@@ -32,7 +32,7 @@ def _read(path: Path) -> tuple[np.ndarray, dict[str, str]]:
 
 
 def test_two_predicts_into_one_directory(tiny: TinyData, tmp_path: Path) -> None:
-    size = 48
+    size = 32
     optical, aux = scene_arrays(size, size, BANDS, 1, seed=51)
     scene = write_stacked(tmp_path / "scene.tif", optical, aux, utm_grid(size, size))
     shared = tmp_path / "maps"
