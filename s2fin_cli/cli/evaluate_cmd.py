@@ -20,6 +20,7 @@ import typer
 
 from s2fin_cli import console
 from s2fin_cli.cli.options import (
+    AuxBands,
     Device,
     HsiPath,
     JsonOutput,
@@ -90,11 +91,7 @@ def evaluate(
     hsi: HsiPath = None,
     lidar: LidarPath = None,
     sar: SarPath = None,
-    aux_bands: Annotated[
-        int | None,
-        typer.Option("--aux-bands", min=1, help="How many of the last bands of a stacked scene "
-                     "are LiDAR/SAR (when it has no s2fin band tags)."),
-    ] = None,
+    aux_bands: AuxBands = None,
     exclude_unknown: Annotated[
         bool,
         typer.Option("--exclude-unknown", help="Leave out labelled pixels whose class the "

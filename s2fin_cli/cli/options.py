@@ -41,6 +41,11 @@ LidarPath = Annotated[
 SarPath = Annotated[
     Path | None, typer.Option("--sar", help="SAR raster (one or more bands).")
 ]
+AuxBands = Annotated[
+    int | None,
+    typer.Option("--aux-bands", min=1, help="How many of the last bands of a stacked scene are "
+                 "LiDAR/SAR (when it has no s2fin band tags)."),
+]
 LabelField = Annotated[
     str | None,
     typer.Option("--label-field", help="Attribute holding the class of vector labels (integer "

@@ -36,6 +36,7 @@ from rich.table import Table
 
 from s2fin_cli import __version__, console
 from s2fin_cli.cli.options import (
+    AuxBands,
     CreationOptions,
     Device,
     HsiPath,
@@ -240,11 +241,7 @@ def predict(
     hsi: HsiPath = None,
     lidar: LidarPath = None,
     sar: SarPath = None,
-    aux_bands: Annotated[
-        int | None,
-        typer.Option("--aux-bands", min=1, help="How many of the last bands of a stacked scene "
-                     "are LiDAR/SAR (when it has no s2fin band tags)."),
-    ] = None,
+    aux_bands: AuxBands = None,
     probabilities: Annotated[
         Path | None,
         typer.Option("--probabilities", help="Also write per-class probabilities: uint8, one band "

@@ -14,6 +14,7 @@ import typer
 
 from s2fin_cli import console
 from s2fin_cli.cli.options import (
+    AuxBands,
     Device,
     HsiPath,
     JsonOutput,
@@ -61,11 +62,7 @@ def train(
     hsi: HsiPath = None,
     lidar: LidarPath = None,
     sar: SarPath = None,
-    aux_bands: Annotated[
-        int | None,
-        typer.Option("--aux-bands", help="How many last bands of SCENE are LiDAR/SAR (when it "
-                     "has no s2fin band tags)."),
-    ] = None,
+    aux_bands: AuxBands = None,
     label_field: LabelField = None,
     test_labels: Annotated[
         Path | None,
