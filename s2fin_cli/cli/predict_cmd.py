@@ -230,8 +230,9 @@ def predict(
     ] = None,
     model: Annotated[
         Path | None,
+        # No dir_okay=False: a directory gets s2fin's one-line input error (3), not a usage error.
         typer.Option("--model", "-m", help=f"Model file (default: {DEFAULT_MODEL_PATH}).",
-                     dir_okay=False, show_default=False),
+                     show_default=False),
     ] = None,
     output: Annotated[
         Path | None,

@@ -45,6 +45,7 @@ from rasterio.windows import Window
 
 from s2fin_cli import console
 from s2fin_cli.classes import ClassTable
+from s2fin_cli.errors import OutputError
 from s2fin_cli.io.grid import Grid
 from s2fin_cli.io.writer import (
     CLASSES_TAG,
@@ -248,7 +249,9 @@ class ClassMapWriter:
     # -- finishing -------------------------------------------------------------------------
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None:
-            self._abort(exc_type, exc, tb)
+            translated = self._abort(exc_type, exc, tb)
+            if translated is not None:
+                raise translated from None
             return
         try:
             for key, raster in self._rasters.items():
@@ -258,7 +261,9 @@ class ClassMapWriter:
                 if key == "classes" and self.outputs.style:
                     write_categories(raster.tmp, self.classes)
         except BaseException as error:
-            self._abort(type(error), error, error.__traceback__)
+            translated = self._abort(type(error), error, error.__traceback__)
+            if translated is not None:
+                raise translated from None
             raise
         self._stack.close()  # renames every temporary into place
         if self.outputs.style:
@@ -277,20 +282,31 @@ class ClassMapWriter:
         rasterio.shutil.copy(str(raster.stage), str(raster.tmp), driver="COG", **options)
         _remove_with_sidecars(raster.stage)
 
-    def _abort(self, exc_type: Any = None, exc: Any = None, tb: Any = None) -> None:
+    def _abort(self, exc_type: Any = None, exc: Any = None,
+               tb: Any = None) -> OutputError | None:
+        """Close and remove every temporary. Returns the :class:`OutputError` that
+        ``atomic_output`` made of a write failure (disk full, permissions), to raise instead of
+        the raw I/O error."""
         for raster in self._rasters.values():
             if raster.dataset is not None:
                 with contextlib.suppress(Exception):
                     raster.dataset.close()
             if raster.stage != raster.tmp:
                 _remove_with_sidecars(raster.stage)
+        translated: OutputError | None = None
         if exc_type is None:
             self._stack.close()
         else:
-            # atomic_output removes its temporary file and sidecars when it sees the exception.
-            with contextlib.suppress(BaseException):
+            # atomic_output removes its temporary file and sidecars when it sees the exception,
+            # and turns I/O failures into one-line OutputErrors.
+            try:
                 self._stack.__exit__(exc_type, exc, tb)
+            except OutputError as error:
+                translated = None if error is exc else error
+            except BaseException:  # the original exception is what the caller raises
+                pass
         self._rasters = {}
+        return translated
 
 
 def _remove_with_sidecars(path: Path) -> None:

@@ -128,9 +128,6 @@ def test_model_file_is_refused(case: str, tiny: TinyData, tmp_path: Path,
     assert_nothing_new(before, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="predict_cmd's -m option has dir_okay=False: Typer's "
-                   "usage error (2, multi-line) instead of s2fin's input error (3) "
-                   "(predict-owned, for the lead)")
 def test_model_path_that_is_a_directory(tiny: TinyData, tmp_path: Path, out_dir: Path) -> None:
     model = tmp_path / "model.s2fin"
     model.mkdir()

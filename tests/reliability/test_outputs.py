@@ -134,12 +134,8 @@ def _fill(directory: Path) -> None:
 # Predict: atomic_output turns the failure into "disk full" (8) and removes the temporary file,
 # but ClassMapWriter._abort (s2fin_cli/io/classmap.py) suppresses that OutputError and re-raises
 # the library's own exception, which exits 1 as an internal error.
-PREDICT_FULL_DISK = pytest.mark.xfail(
-    strict=True, reason="classmap.ClassMapWriter._abort swallows atomic_output's OutputError "
-    "(disk full): exit 1 'internal error' instead of 8 (predict-owned, for the lead)")
 
-
-@pytest.mark.parametrize("command", [pytest.param("predict", marks=PREDICT_FULL_DISK), "train"])
+@pytest.mark.parametrize("command", ["predict", "train"])
 def test_full_disk_for_real(command: str, tiny: TinyData, tmp_path: Path) -> None:
     disk = tmp_path / "disk"
     with _tmpfs(disk, "size=256k") as mounted:
@@ -203,7 +199,6 @@ main()
 """
 
 
-@PREDICT_FULL_DISK
 def test_full_disk_injected_midway_through_predict(tiny: TinyData, tmp_path: Path,
                                                    out_dir: Path) -> None:
     before = snapshot(tmp_path)
