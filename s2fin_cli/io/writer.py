@@ -88,6 +88,9 @@ def atomic_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> I
             elif side_final.exists() and overwrite:
                 # A stale sidecar would describe the old file (wrong categories, statistics).
                 _remove_quietly(side_final)
+        # Some writers (safetensors) create 0600 files; an output gets the mode any new file
+        # gets under the user's umask, so colleagues on a shared server can read the model.
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, final)
     except BaseException as exc:
         # Before the temporary file is removed (and frees its space): libraries report a full
@@ -118,6 +121,12 @@ def _disk_full(directory: Path) -> bool:
     # f_bavail: what an unprivileged user may still use; root also gets the reserved blocks.
     free = st.f_bfree if os.name == "posix" and os.geteuid() == 0 else st.f_bavail
     return free * st.f_frsize < _FULL_DISK_BYTES
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _as_output_error(exc: BaseException, path: Path) -> OutputError:

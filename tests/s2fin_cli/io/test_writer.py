@@ -103,3 +103,17 @@ def test_creation_options() -> None:
                                                                    "PREDICTOR": "2"}
     with pytest.raises(OutputError, match="KEY=VALUE"):
         parse_creation_options(["ZLEVEL"])
+
+
+def test_outputs_get_the_umask_mode_even_from_private_writers(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    target = tmp_path / "model.bin"
+    with atomic_output(target) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)  # as safetensors creates its file
+        os.write(fd, b"x")
+        os.close(fd)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
