@@ -48,9 +48,15 @@ LABELS = {"rf": "RF (pixel)", "svm": "SVM-RBF (pixel)", "cnn": "2-D CNN (patch)"
 
 @dataclass(frozen=True)
 class Recipe:
-    """The training recipe shared by the CNN and every S²Fin variant."""
+    """The training recipe shared by the CNN and every S²Fin variant.
 
-    steps: int = 150
+    ``steps`` is the budget at N <= ``reference_n`` labelled pixels per class; above it the
+    budget grows with N (N = 20 gets twice the steps of N = 10), so every N gets about the same
+    number of passes over its training pixels.
+    """
+
+    steps: int = 64
+    reference_n: int = 10
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -58,10 +64,13 @@ class Recipe:
     augment: bool = True
     warmup_fraction: float = 0.05
 
-    def settings(self, n_train: int, seed: int) -> TrainSettings:
-        """TrainSettings whose epochs add up to about ``steps`` optimisation steps."""
+    def steps_at(self, n_per_class: int) -> int:
+        return round(self.steps * max(1.0, n_per_class / self.reference_n))
+
+    def settings(self, n_train: int, seed: int, n_per_class: int = 0) -> TrainSettings:
+        """TrainSettings whose epochs add up to about ``steps_at(n_per_class)`` steps."""
         per_epoch = len(epoch_batches(n_train, self.batch_size, torch.Generator().manual_seed(0)))
-        epochs = max(1, round(self.steps / per_epoch))
+        epochs = max(1, round(self.steps_at(n_per_class) / per_epoch))
         warmup = max(1, round(self.warmup_fraction * epochs)) if epochs > 1 else 0
         return TrainSettings(epochs=epochs, batch_size=self.batch_size, lr=self.lr,
                              weight_decay=self.weight_decay, warmup_epochs=warmup,
@@ -158,10 +167,10 @@ def _svm(seed: int) -> object:
 
 
 def _torch(model: nn.Module, train: PatchSet, test: PatchSet, recipe: Recipe,
-           seed: int) -> Outcome:
+           seed: int, n_per_class: int) -> Outcome:
     device = torch.device("cpu")
     t0 = time.perf_counter()
-    result = fit(model, train, None, recipe.settings(len(train), seed), device)
+    result = fit(model, train, None, recipe.settings(len(train), seed, n_per_class), device)
     model.load_state_dict(result.best_state)
     t1 = time.perf_counter()
     pred, _ = evaluate_patch_set(model, test, device, batch_size=256)
@@ -181,7 +190,7 @@ def build_model(method: str, train: PatchSet, num_classes: int, network: Network
 
 
 def run_method(method: str, train: PatchSet, test: PatchSet, num_classes: int, *,
-               recipe: Recipe, network: Network, seed: int) -> Outcome:
+               recipe: Recipe, network: Network, seed: int, n_per_class: int) -> Outcome:
     """Train ``method`` on ``train`` and predict ``test`` (output indexes)."""
     if method == "rf":
         return _sklearn(_rf, train, test, seed)
@@ -189,7 +198,7 @@ def run_method(method: str, train: PatchSet, test: PatchSet, num_classes: int, *
         return _sklearn(_svm, train, test, seed)
     if method == "cnn" or method == S2FIN or method in ABLATED:
         model = build_model(method, train, num_classes, network, seed)
-        return _torch(model, train, test, recipe, seed)
+        return _torch(model, train, test, recipe, seed, n_per_class)
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(ALL_METHODS)}")
 
 

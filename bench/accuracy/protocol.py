@@ -42,7 +42,7 @@ from s2fin_cli.sampling import (
 )
 from s2fin_cli.training_data import PatchSet, extract_patch_set
 
-TEST_FLOOR = 20
+TEST_FLOOR = 100
 _TEST_STREAM = 7919
 
 

@@ -56,9 +56,16 @@ class SceneResult:
     runs: list[Run] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def cell(self, method: str, n: int) -> dict[str, Any] | None:
-        reports = [r.report for r in self.runs if r.method == method and r.n == n]
+    def cell(self, method: str, n: int, seeds: set[int] | None = None) -> dict[str, Any] | None:
+        reports = [r.report for r in self.runs if r.method == method and r.n == n
+                   and (seeds is None or r.seed in seeds)]
         return mean_std(reports) if reports else None
+
+    def ablation_seeds(self, n: int) -> set[int]:
+        """The seeds every ablation ran with at ``n`` (the full model is compared on these)."""
+        sets = [{r.seed for r in self.runs if r.method == m and r.n == n} for m in ABLATED]
+        sets = [s for s in sets if s]
+        return set.intersection(*sets) if sets else set()
 
 
 def _fmt(stats: dict[str, Any] | None, metric: str) -> str:
@@ -143,12 +150,14 @@ def _main_table(result: SceneResult) -> list[str]:
 
 
 def _ablation_table(result: SceneResult, n: int) -> list[str]:
-    full = result.cell(S2FIN, n)
-    rows = [(m, result.cell(m, n)) for m in ABLATED if result.cell(m, n) is not None]
+    seeds = result.ablation_seeds(n)
+    full = result.cell(S2FIN, n, seeds)
+    rows = [(m, result.cell(m, n, seeds)) for m in ABLATED
+            if result.cell(m, n, seeds) is not None]
     if full is None or not rows:
         return [f"Ablations were not run at N = {n}."]
-    lines = [f"Cost of removing each module at N = {n} (full minus ablated, mean over seeds; "
-             "positive = the module helps):", "",
+    lines = [f"Cost of removing each module at N = {n} (full minus ablated, mean over seeds "
+             f"{', '.join(map(str, sorted(seeds)))} for both; positive = the module helps):", "",
              "| variant | OA % | AA % | κ | ΔOA (points) | ΔAA (points) | Δκ |",
              "|---|---:|---:|---:|---:|---:|---:|",
              f"| S²Fin (full) | {_fmt(full, 'overall_accuracy')} | "
@@ -164,10 +173,11 @@ def _ablation_table(result: SceneResult, n: int) -> list[str]:
 
 
 def ablation_costs(result: SceneResult, n: int) -> dict[str, float]:
-    full = result.cell(S2FIN, n)
+    seeds = result.ablation_seeds(n)
+    full = result.cell(S2FIN, n, seeds)
     out = {}
     for m in ABLATED:
-        stats = result.cell(m, n)
+        stats = result.cell(m, n, seeds)
         if full is not None and stats is not None:
             out[m.removeprefix("s2fin-no-")] = 100 * (_mean(full, "overall_accuracy")
                                                        - _mean(stats, "overall_accuracy"))
@@ -225,7 +235,7 @@ def render(results: list[SceneResult], meta: dict[str, Any]) -> str:
     if any(costs.values()):
         modules = [m.removeprefix("s2fin-no-") for m in ABLATED]
         out += ["", f"OA cost of removing each module at N = {hn} (S²Fin full minus ablated, "
-                "OA points; positive = the module helps):", "",
+                "OA points, on the same seeds; positive = the module helps):", "",
                 "| scene | " + " | ".join(modules) + " |", "|---|" + "---:|" * len(modules)]
         for res in results:
             c = costs[res.bench.key]
@@ -251,3 +261,45 @@ def render(results: list[SceneResult], meta: dict[str, Any]) -> str:
                 *_ablation_table(res, hn)]
     out += ["", "## Run times (this machine, 1 thread per run)", "", *_timing_lines(results), ""]
     return "\n".join(out) + "\n"
+
+
+TRIAL_MARKER = "<!-- bench.accuracy trial: "
+
+
+def render_trial(results: list[SceneResult], meta: dict[str, Any], title: str) -> str:
+    """A section appended to an existing report: a second run with another recipe."""
+    ns = meta["ns"]
+    hn = headline_n(ns)
+    out = [f"{TRIAL_MARKER}{title} -->", f"## Recipe trial: {title}", "",
+           "A second run of the same protocol (same scenes, draws and test pixels for the same "
+           "seeds) with a changed S²Fin/CNN recipe, to check whether the verdict above "
+           "depends on it:", "", "```", meta["command"], "```", "",
+           f"* Finished {meta['finished']}, wall time {meta['wall_minutes']:.1f} min "
+           f"(git {meta['git']}); {meta['threads_note']}"]
+    out += [f"* {line}" for line in meta["protocol_lines"][-2:]]
+    methods = [m for m in (*BASELINES, S2FIN)
+               if any(r.cell(m, hn) is not None for r in results)]
+    out += ["", f"OA / AA / κ at N = {hn} (mean ± std over seeds):", "",
+            "| scene | " + " | ".join(LABELS[m] for m in methods) + " | S²Fin ahead? |",
+            "|---|" + "---|" * len(methods) + ":---:|"]
+    for res in results:
+        ok, _ = verdict(res, hn)
+        flag = "–" if ok is None else ("yes" if ok else "**no**")
+        cells = [" / ".join(_fmt(res.cell(m, hn), metric) for metric, _ in METRICS)
+                 for m in methods]
+        out.append(f"| {res.bench.title} | " + " | ".join(cells) + f" | {flag} |")
+    out.append("")
+    for res in results:
+        out.append(f"* {res.bench.title}: {verdict(res, hn)[1]}")
+    return "\n".join(out) + "\n"
+
+
+def merge_trial(existing: str, section: str, title: str) -> str:
+    """``existing`` with the trial section of ``title`` replaced (or appended)."""
+    marker = f"{TRIAL_MARKER}{title} -->"
+    start = existing.find(marker)
+    if start >= 0:
+        end = existing.find(TRIAL_MARKER, start + len(marker))
+        tail = existing[end:] if end >= 0 else ""
+        existing = existing[:start].rstrip("\n") + "\n" + (("\n" + tail) if tail else "")
+    return existing.rstrip("\n") + "\n\n" + section

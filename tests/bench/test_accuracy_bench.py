@@ -34,3 +34,11 @@ def test_accuracy_bench_writes_markdown_table(tmp_path: Path) -> None:
     assert {r["method"] for r in runs} == {"rf", "s2fin"}
     assert all(r["n_train"] == 5 * len(json.loads(raw.read_text())[0]["classes"]) for r in runs)
     assert all(0.0 <= r["oa"] <= 1.0 for r in runs)
+
+    # A recipe trial is appended as its own section, and replaced (not duplicated) on a rerun.
+    trial = ["--scenes", "urban", "--size", "48", "--seeds", "1", "--n", "5", "--methods",
+             "rf", "--train-per-class", "12", "--out", str(out), "--trial", "t1"]
+    assert main(trial) == 0 and main(trial) == 0
+    appended = out.read_text()
+    assert appended.startswith(text.rstrip("\n"))
+    assert appended.count("## Recipe trial: t1") == 1
