@@ -60,7 +60,8 @@ def _new_figure(width: float, height: float) -> Any:
 def _save(fig: Any, path: str | os.PathLike[str], overwrite: bool) -> Path:
     final = Path(path)
     with atomic_output(final, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, format="png", dpi=_DPI, facecolor="white")
+        # bbox_inches="tight": constrained layout alone clipped the y label beside a wide legend.
+        fig.savefig(tmp, format="png", dpi=_DPI, facecolor="white", bbox_inches="tight")
     return final
 
 
