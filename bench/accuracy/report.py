@@ -149,6 +149,24 @@ def _main_table(result: SceneResult) -> list[str]:
     return lines
 
 
+def _per_class_table(result: SceneResult, n: int) -> list[str]:
+    """Producer's accuracy per class at ``n`` (mean over seeds) of the baselines and S²Fin."""
+    methods = [m for m in (*BASELINES, S2FIN) if result.cell(m, n) is not None]
+    if not methods:
+        return []
+    stats = {m: result.cell(m, n) for m in methods}
+    lines = [f"Producer's accuracy per class at N = {n} (%, mean over seeds):", "",
+             "| class | " + " | ".join(LABELS[m] for m in methods) + " |",
+             "|---|" + "---:|" * len(methods)]
+    for i, c in enumerate(result.classes):
+        cells = []
+        for m in methods:
+            value = stats[m]["classes"][i]["producers_accuracy"]["mean"]  # type: ignore[index]
+            cells.append("–" if value is None else f"{100 * value:.1f}")
+        lines.append(f"| {c.name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _ablation_table(result: SceneResult, n: int) -> list[str]:
     seeds = result.ablation_seeds(n)
     full = result.cell(S2FIN, n, seeds)
@@ -258,7 +276,7 @@ def render(results: list[SceneResult], meta: dict[str, Any]) -> str:
                    f"{res.bench.split_kind}; scene wall time {res.wall_seconds / 60:.1f} min.")
         out += ["", *_class_table(res), "", *_main_table(res), "",
                 "`·` = not run at this N (see the reductions above).", "",
-                *_ablation_table(res, hn)]
+                *_per_class_table(res, hn), "", *_ablation_table(res, hn)]
     out += ["", "## Run times (this machine, 1 thread per run)", "", *_timing_lines(results), ""]
     return "\n".join(out) + "\n"
 

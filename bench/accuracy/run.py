@@ -239,9 +239,10 @@ def _protocol_lines(args: argparse.Namespace, ns: list[int], recipe: Recipe,
         f"labelled pixels, minus every pixel within {network.patch_size // 2} px of a training "
         "pixel (no test centre inside a training patch; neighbouring patches can still "
         "overlap).",
-        f"Test pixels: at most ~{args.test_cap} per scene, a fixed seeded subsample "
-        f"(proportional per class, at least min(count, {protocol.TEST_FLOOR}) per class), the "
-        "same for every method, N and seed.",
+        f"Test pixels: a fixed seeded subsample of about {args.test_cap} per scene, "
+        f"proportional per class but at least min(count, {protocol.TEST_FLOOR}) per class (so "
+        "scenes with many small classes score more pixels; the per-class counts are listed), "
+        "the same for every method, N and seed.",
         "All methods of one (scene, N, seed) use the same training pixels and the same test "
         "pixels; inputs are cut by `s2fin_cli.training_data.extract_patch_set` after "
         "`s2fin_cli.preprocessing.fit_preprocessor` (per-band z-score of the whole scene and "
@@ -281,13 +282,14 @@ def _reduction_lines(args: argparse.Namespace, ns: list[int], plan: dict[int, li
         "recipes; at N = 10 that is enough for S²Fin to fit its training pixels (training "
         "accuracy ~1.0 after ~64 steps in a trial run).",
         f"S²Fin is small: dim {args.dim}, depth {args.depth}, patch {args.patch_size}.",
-        f"Test sets are capped at ~{args.test_cap} pixels per scene (see protocol).",
+        f"Test sets are subsampled to about {args.test_cap} pixels per scene plus the "
+        "per-class floor (see protocol).",
     ]
     if ab != ns:
         lines.append("Ablations (S²Fin with one module off) run only at N = "
                      f"{', '.join(map(str, ab)) or 'none'}"
-                     + (f", with the first {args.ablation_seeds} seeds only (the full model's "
-                        "row in the ablation tables uses all seeds)"
+                     + (f", with the first {args.ablation_seeds} seeds only (ablation costs "
+                        "compare them with the full model on the same seeds)"
                         if args.ablation_seeds is not None else "") + ".")
     real = [s for s in scenes if s in REAL_SCENES]
     if real and args.real_seeds != args.seeds:
