@@ -53,6 +53,7 @@ from s2fin_cli.inference import (  # noqa: E402
     DEFAULT_CPU_BATCH_SIZE,
     BlockPredictor,
     predict_scene,
+    scene_blocks,
 )
 from s2fin_cli.io.classmap import ClassMapWriter, MapOutputs  # noqa: E402
 from s2fin_cli.io.grid import Grid  # noqa: E402
@@ -110,7 +111,7 @@ def measure_a(scene: Path, bundle: ModelBundle, out: Path, batch: int,
     predictor = BlockPredictor(bundle, "cpu", batch_size=batch)
     with open_stacked_scene(scene) as opened, \
             ClassMapWriter(opened.grid, bundle.classes, MapOutputs(out, overwrite=True)) as w:
-        summary = predict_scene(opened, bundle, w, block_size=block, predictor=predictor,
+        summary = predict_scene(opened, predictor, w, scene_blocks(opened.grid, block),
                                 progress=False)
     return {"classified": summary.classified, "seconds": summary.seconds,
             "px_s": summary.classified / summary.seconds, "pixels": summary.pixels}

@@ -16,20 +16,19 @@ sample selection, the final weights).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as tdist
-from torch import Tensor
 
 from s2fin_cli import console
 from s2fin_cli.errors import ConfigError, S2finError
+from s2fin_cli.hashing import derived_seed
 
 T = TypeVar("T")
 
@@ -154,22 +153,74 @@ class DistContext:
         bounds = np.linspace(0, n, self.world_size + 1).round().astype(int)
         return slice(int(bounds[self.rank]), int(bounds[self.rank + 1]))
 
+    def seed_for_rank(self, seed: int) -> int:
+        """The torch seed (dropout) of this rank for an epoch's ``seed``: ranks draw different
+        masks."""
+        return rank_seed(seed, self.rank)
+
+
+@dataclass(frozen=True)
+class LocalContext:
+    """A single process: the same interface as :class:`DistContext`, with nothing to
+    synchronise, so code that runs either way reads without ``if distributed`` branches."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    def barrier(self) -> None:
+        pass
+
+    def all_reduce_sum(self, values: np.ndarray | list[float]) -> np.ndarray:
+        return np.asarray(values, np.float64)
+
+    def any(self, flag: bool) -> bool:
+        return flag
+
+    def from_main(self, compute: Callable[[], T]) -> T:
+        return compute()
+
+    def check_same(self, value: str, what: str) -> None:
+        pass
+
+    def shard(self, n: int) -> slice:
+        return slice(0, n)
+
+    def seed_for_rank(self, seed: int) -> int:
+        return seed
+
+
+class RunContext(Protocol):
+    """Where a run takes place: :class:`LocalContext` or one rank's :class:`DistContext`."""
+
+    @property
+    def rank(self) -> int: ...
+    @property
+    def world_size(self) -> int: ...
+    @property
+    def is_main(self) -> bool: ...
+    def describe(self) -> dict[str, Any]: ...
+    def barrier(self) -> None: ...
+    def all_reduce_sum(self, values: np.ndarray | list[float]) -> np.ndarray: ...
+    def any(self, flag: bool) -> bool: ...
+    def from_main(self, compute: Callable[[], T]) -> T: ...
+    def check_same(self, value: str, what: str) -> None: ...
+    def shard(self, n: int) -> slice: ...
+    def seed_for_rank(self, seed: int) -> int: ...
+
+
+LOCAL = LocalContext()
+
 
 def rank_seed(seed: int, rank: int) -> int:
     """The torch seed (dropout) of one rank in one epoch, so ranks draw different masks."""
-    digest = hashlib.sha256(f"s2fin-rank:{seed}:{rank}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def state_digest(state: Mapping[str, Tensor]) -> str:
-    """SHA-256 of a state dict's names and exact values."""
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        t = state[key].detach().to("cpu").contiguous().reshape(-1)
-        digest.update(key.encode())
-        digest.update(str(t.dtype).encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
+    return derived_seed("s2fin-rank", seed, rank)
 
 
 @contextmanager
@@ -200,11 +251,13 @@ def process_group(env: LaunchEnv, device_spec: str) -> Iterator[DistContext]:
 
 __all__ = [
     "DEBUG_DIGEST_ENV",
+    "LOCAL",
     "DistContext",
     "LaunchEnv",
+    "LocalContext",
+    "RunContext",
     "launch_env",
     "process_group",
     "rank_device",
     "rank_seed",
-    "state_digest",
 ]

@@ -31,6 +31,22 @@ class InputError(S2finError):
     exit_code = 3
 
 
+class PartsError(InputError):
+    """Part files of a sharded prediction that do not make one map."""
+
+
+class MissingPartError(PartsError):
+    """A shard's part is missing (or a probability/confidence part beside it)."""
+
+
+class DuplicatePartError(PartsError):
+    """The same shard is given twice."""
+
+
+class MixedPartsError(PartsError):
+    """Parts of different runs (shard count, block size, model, classes, grid, scene)."""
+
+
 class AlignmentError(S2finError):
     """Two rasters cannot be put on one grid: no overlap, no CRS, incompatible shapes."""
 

@@ -15,9 +15,9 @@ batch, never the scene:
    behind a bounded queue.
 
 Centres that are nodata in either modality are not classified and come out as 0 (nodata).
-With ``shard`` (:class:`s2fin_cli.sharding.Shard`) only that shard's blocks are read, classified
-and written (block ``k`` of the row-major tiling belongs to shard ``k % N``): N processes together
-classify every block once, each exactly as a single-process run does.
+The caller says which blocks to classify (:func:`scene_blocks`: all of them; a shard of a
+sharded prediction takes every N-th, see :mod:`s2fin_cli.sharding`): every block is classified
+exactly as in a whole-scene run, so N shards together give the same map.
 An exception in any thread (or Ctrl-C) stops the other two and propagates to the caller.
 """
 
@@ -27,7 +27,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,17 +38,18 @@ from torch import Tensor
 
 from s2fin_cli import console
 from s2fin_cli.device import autocast
+from s2fin_cli.io.grid import Grid
 from s2fin_cli.io.reader import Scene, SceneBlock
 from s2fin_cli.io.windows import iter_blocks
 from s2fin_cli.model_file import ModelBundle
 from s2fin_cli.patches import cut_inputs
-from s2fin_cli.sharding import Shard
 
 DEFAULT_BATCH_SIZE = 512  # on CUDA
 # On the CPU, batches beyond ~128 patches are no faster (the activations fall out of cache) and
 # cost much more memory (Houston-like network: ~0.5 GB peak at 128, ~1.1 GB at 512).
 DEFAULT_CPU_BATCH_SIZE = 128
-DEFAULT_BLOCK_SIZE = 256
+# Side of the blocks read, classified and written at a time: memory follows it.
+PREDICT_BLOCK_SIZE = 256
 DEFAULT_PREFETCH = 2  # blocks read ahead of the computation (and queued for writing)
 _POLL_S = 0.1  # how often a blocked queue operation checks whether the pipeline stopped
 
@@ -331,38 +332,34 @@ def _as_writer(sink: BlockSink | Callable[[BlockResult], None]) -> Callable[[Blo
     return write
 
 
+def scene_blocks(grid: Grid, block_size: int = PREDICT_BLOCK_SIZE) -> list[Window]:
+    """Every block of ``grid`` in row-major order (the windows a whole-scene prediction
+    classifies; block ``k`` of this list is block ``k`` of a sharded prediction)."""
+    if block_size < 1:
+        raise ValueError("block_size must be positive")
+    return list(iter_blocks(grid.height, grid.width, block_size))
+
+
 def predict_scene(
     scene: Scene,
-    bundle: ModelBundle,
+    predictor: BlockPredictor,
     sink: BlockSink | Callable[[BlockResult], None],
+    windows: Sequence[Window],
     *,
-    device: torch.device | str = "cpu",
-    batch_size: int | None = None,
-    block_size: int = DEFAULT_BLOCK_SIZE,
     prefetch: int = DEFAULT_PREFETCH,
-    probabilities: bool = False,
-    confidence: bool = False,
-    amp: bool = True,
     progress: bool = True,
     json_progress: bool = False,
-    predictor: BlockPredictor | None = None,
     description: str = "predict",
-    shard: Shard | None = None,
 ) -> PredictionSummary:
-    """Classify every pixel of ``scene`` and hand each finished block to ``sink``.
+    """Classify every pixel of ``windows`` of ``scene`` and hand each finished block to ``sink``.
 
     ``sink`` is a :class:`ClassMapWriter` (anything with ``write_block``) or a callable taking a
     :class:`BlockResult`; it is called from the writer thread, one block at a time, in order.
-    The model/scene compatibility is the caller's to check first (``bundle.check_scene``).
-    With ``shard``, only its blocks (see the module docstring) are classified and handed over.
+    What is computed (model, device, batch size, probabilities, confidence) is the
+    ``predictor``'s; the model/scene compatibility is the caller's to check first
+    (``bundle.check_scene``).
     """
-    if block_size < 1:
-        raise ValueError("block_size must be positive")
-    predictor = predictor or BlockPredictor(bundle, device, batch_size=batch_size,
-                                            probabilities=probabilities, confidence=confidence,
-                                            amp=amp)
     halo = predictor.halo
-    grid = scene.grid
 
     def read(window: Window) -> _Staged:
         block = scene.read(window, halo)
@@ -370,12 +367,9 @@ def predict_scene(
                                          predictor.stage(block.aux))
 
     write = _as_writer(sink)
-
-    windows = (list(iter_blocks(grid.height, grid.width, block_size)) if shard is None
-               else shard.windows(grid.height, grid.width, block_size))
     total = len(windows)
     summary = PredictionSummary(device=str(predictor.device))
-    pipeline = _Pipeline(read, windows, write, prefetch)
+    pipeline = _Pipeline(read, list(windows), write, prefetch)
     start = time.perf_counter()
     reporter_cm: contextlib.AbstractContextManager[Any] = (
         console.progress(description, total, json_lines=json_progress) if progress
@@ -399,13 +393,14 @@ def predict_scene(
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
-    "DEFAULT_BLOCK_SIZE",
     "DEFAULT_CPU_BATCH_SIZE",
     "DEFAULT_PREFETCH",
+    "PREDICT_BLOCK_SIZE",
     "BlockPredictor",
     "BlockResult",
     "BlockSink",
     "PredictionSummary",
     "default_batch_size",
     "predict_scene",
+    "scene_blocks",
 ]

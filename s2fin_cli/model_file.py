@@ -14,13 +14,13 @@ whatever the file holds. Everything in the metadata is validated before a networ
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -30,6 +30,7 @@ from torch import Tensor
 from models import S2Fin, S2FinConfig, parameter_table
 from s2fin_cli.classes import ClassTable
 from s2fin_cli.errors import CompatibilityError, InputError, ModelFileError
+from s2fin_cli.hashing import tensors_digest
 from s2fin_cli.io.reader import Scene
 from s2fin_cli.io.writer import atomic_output
 from s2fin_cli.patches import PatchGeometry
@@ -40,6 +41,55 @@ FORMAT_VERSION = 1
 DEFAULT_MODEL_PATH = Path("model.s2fin")
 _MODEL_PREFIX = "model."
 _PRE_PREFIX = "preprocessing."
+
+
+class InputFile(TypedDict):
+    """A file a model was trained from."""
+
+    path: str
+    name: str
+    sha256: str
+
+
+class Provenance(TypedDict, total=False):
+    """How a model was made (``s2fin train`` writes every key; older files may lack some)."""
+
+    created: str  # ISO 8601, UTC
+    inputs: dict[str, InputFile]  # scene / optical / lidar / sar / labels / test_labels
+    protocol: dict[str, Any]  # the sampling protocol, its description, the split and counts
+    seed: int
+    settings: dict[str, Any]  # TrainSettings.to_json()
+    epochs_run: int
+    best_epoch: int
+    stopped_early: bool
+    checkpoint_selection: str  # "validation" or "last epoch"
+    history: list[dict[str, Any]]  # one record per epoch
+    device: str
+    versions: dict[str, str]
+    wall_seconds: float
+    distributed: dict[str, Any]  # world size, backend, batch per rank (DDP runs only)
+
+
+class ClassScore(TypedDict):
+    id: int
+    name: str
+    support: int
+    accuracy: float | None  # producer's accuracy; None without support
+
+
+class ScoreSummary(TypedDict):
+    """The accuracy of a model on one labelled set, as the model file keeps it."""
+
+    oa: float | None
+    aa: float | None
+    kappa: float | None
+    n_samples: int
+    per_class: list[ClassScore]
+
+
+class ModelMetrics(TypedDict, total=False):
+    validation: ScoreSummary  # the blocked validation split (selected the epoch)
+    test: ScoreSummary  # --test-labels (never used for selection)
 
 
 @dataclass(frozen=True)
@@ -83,8 +133,8 @@ class ModelBundle:
     classes: ClassTable  # output index i is classes.classes[i]
     optical: ModalitySpec
     aux: ModalitySpec
-    provenance: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
+    provenance: Provenance = field(default_factory=lambda: Provenance())
+    metrics: ModelMetrics = field(default_factory=lambda: ModelMetrics())
 
     @property
     def geometry(self) -> PatchGeometry:
@@ -139,13 +189,7 @@ def _tensors(bundle: ModelBundle) -> dict[str, Tensor]:
 
 
 def _checksum(document: str, tensors: dict[str, Tensor]) -> str:
-    digest = hashlib.sha256(document.encode("utf-8"))
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        # Raw bytes through a uint8 view: works for every dtype, bfloat16 included.
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return tensors_digest(tensors, prefix=document)
 
 
 def save_model_file(path: str | os.PathLike[str], bundle: ModelBundle, *,
@@ -208,8 +252,8 @@ def load_model_file(path: str | os.PathLike[str]) -> ModelBundle:
         aux = ModalitySpec.from_json(meta["modalities"]["aux"])
         pre = Preprocessor.from_tensors(
             {k[len(_PRE_PREFIX):]: v for k, v in tensors.items() if k.startswith(_PRE_PREFIX)})
-        provenance = meta.get("provenance", {})
-        metrics = meta.get("metrics", {})
+        provenance = cast(Provenance, meta.get("provenance", {}))
+        metrics = cast(ModelMetrics, meta.get("metrics", {}))
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelFileError(f"{p.name} has invalid s2fin metadata: {exc}") from None
     problems = []
@@ -239,9 +283,9 @@ def describe_model_file(path: Path) -> dict[str, Any]:
     model = S2Fin(bundle.config)
     table = parameter_table(model)
     cfg = bundle.config
-    switches = [n for n in ("hfset", "afcm", "ssaf", "hfrm", "long_range")
-                if not getattr(cfg, f"use_{n}")]
-    summary = {
+    switches = [f.name.removeprefix("use_") for f in dataclasses.fields(cfg)
+                if f.name.startswith("use_") and not getattr(cfg, f.name)]
+    summary: dict[str, object] = {
         "inputs": f"{bundle.optical.bands} optical bands (PCA to {cfg.reduced_bands}) + "
                   f"{bundle.aux.bands} {bundle.aux.kind} band(s)",
         "patch": f"{cfg.patch_size} x {cfg.patch_size}, spectral window "

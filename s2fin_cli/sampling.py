@@ -38,6 +38,11 @@ from s2fin_cli.io.reader import Scene
 
 ProtocolKind = Literal["all", "per-class", "fraction"]
 
+# The blocked split's defaults: a fifth of the labels validates, in cells of 16 x 16 pixels.
+DEFAULT_VAL_FRACTION = 0.2
+DEFAULT_SPLIT_BLOCK = 16
+# Side of the blocks read when only the pixels at samples are needed (validity, patches).
+SAMPLE_READ_BLOCK = 512
 # Seed offsets so the protocol draw and the split draw are independent streams of one seed.
 _PROTOCOL_STREAM = 101
 _SPLIT_STREAM = 202
@@ -123,23 +128,25 @@ def _class_label(classes: ClassTable, class_id: int) -> str:
         return f"id {class_id}"
 
 
-def drop_invalid_centres(
-    samples: Samples, scene: Scene, *, block_size: int = 512
-) -> tuple[Samples, dict[int, int]]:
-    """Keep the samples where the scene has data (both modalities); count the dropped per class.
-
-    Only blocks that hold samples are read.
-    """
-    if len(samples) == 0:
-        return samples, {}
+def valid_centres(scene: Scene, samples: Samples, *,
+                  block_size: int = SAMPLE_READ_BLOCK) -> np.ndarray:
+    """(N,) bool: the scene has data (both modalities) at each sample; only blocks that hold
+    samples are read."""
     keep = np.zeros(len(samples), bool)
     for window, index in group_by_block(samples, block_size, scene.grid.shape):
-        block = scene.read(window)
-        valid = block.core_valid
-        keep[index] = valid[samples.rows[index] - int(window.row_off),
-                            samples.cols[index] - int(window.col_off)]
-    dropped = samples.subset(~keep).counts()
-    return samples.subset(keep), dropped
+        core = scene.read(window).core_valid
+        keep[index] = core[samples.rows[index] - int(window.row_off),
+                           samples.cols[index] - int(window.col_off)]
+    return keep
+
+
+def drop_invalid_centres(samples: Samples, scene: Scene, *, block_size: int = SAMPLE_READ_BLOCK
+                         ) -> tuple[Samples, dict[int, int]]:
+    """Keep the samples where the scene has data (both modalities); count the dropped per class."""
+    if len(samples) == 0:
+        return samples, {}
+    keep = valid_centres(scene, samples, block_size=block_size)
+    return samples.subset(keep), samples.subset(~keep).counts()
 
 
 def group_by_block(

@@ -27,7 +27,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,13 @@ from rasterio.windows import Window
 
 from s2fin_cli import console
 from s2fin_cli.classes import ClassTable
-from s2fin_cli.errors import ConfigError, InputError
+from s2fin_cli.errors import (
+    ConfigError,
+    DuplicatePartError,
+    InputError,
+    MissingPartError,
+    MixedPartsError,
+)
 from s2fin_cli.io.classmap import TAG_ENCODING, TAG_MODEL_SHA256, ClassMapWriter, MapOutputs
 from s2fin_cli.io.grid import Grid
 from s2fin_cli.io.windows import block_count, iter_blocks
@@ -49,22 +55,6 @@ PRODUCTS = ("classes", "probabilities", "confidence")
 _PART_RE = re.compile(r"\.part-(\d+)-of-(\d+)$")
 _SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 _NO_SHARD = ("none", "off", "no")
-
-
-class PartsError(InputError):
-    """Part files that do not make one map: missing, duplicated, or of different runs."""
-
-
-class MissingPartError(PartsError):
-    pass
-
-
-class DuplicatePartError(PartsError):
-    pass
-
-
-class MixedPartsError(PartsError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -215,10 +205,23 @@ class ShardInfo:
                    str(data["rule"]))
 
 
-def shard_outputs(outputs: MapOutputs, shard: Shard, *, block_size: int, grid: Grid,
-                  scene: Path) -> MapOutputs:
-    """The :class:`MapOutputs` of one shard's part files (``outputs`` already names the parts,
-    see :func:`part_path`): tagged, sparse, tiled by the block, unstyled."""
+def part_outputs(outputs: MapOutputs, shard: Shard) -> MapOutputs:
+    """``outputs`` renamed to the part files of ``shard`` (:func:`part_path`); a COG is refused
+    (parts are plain GeoTIFFs: ``s2fin merge --cog`` writes the COG)."""
+    if outputs.cog:
+        raise ConfigError("--cog cannot be used with --shard: parts are plain GeoTIFFs",
+                          hint="pass --cog to s2fin merge")
+    return replace(
+        outputs, classes=part_path(outputs.classes, shard),
+        probabilities=None if outputs.probabilities is None
+        else part_path(outputs.probabilities, shard),
+        confidence=None if outputs.confidence is None else part_path(outputs.confidence, shard))
+
+
+def tag_part_outputs(outputs: MapOutputs, shard: Shard, *, block_size: int, grid: Grid,
+                     scene: Path) -> MapOutputs:
+    """The part files of :func:`part_outputs` as written: tagged with :class:`ShardInfo`,
+    sparse, tiled by the block, unstyled."""
     named = {"classes": outputs.classes, "probabilities": outputs.probabilities,
              "confidence": outputs.confidence}
     present = {k: p for k, p in named.items() if p is not None}
@@ -232,12 +235,10 @@ def shard_outputs(outputs: MapOutputs, shard: Shard, *, block_size: int, grid: G
 
     # ClassMapWriter tags every raster alike; the classes part's tag names its siblings, and
     # each sibling says what it is through its band count, checked on merging.
-    return MapOutputs(
-        classes=outputs.classes, probabilities=outputs.probabilities,
-        confidence=outputs.confidence, cog=False,
+    return replace(
+        outputs, cog=False,
         creation_options={**part_creation_options(block_size), **outputs.creation_options},
-        overwrite=outputs.overwrite, tags={**outputs.tags, TAG_SHARD: info("classes")},
-        style=False)
+        tags={**outputs.tags, TAG_SHARD: info("classes")}, style=False)
 
 
 # -- merging -------------------------------------------------------------------------------
@@ -433,21 +434,18 @@ def merge_parts(parts: list[Part], outputs: MapOutputs, *, progress: bool = True
 __all__ = [
     "RULE",
     "TAG_SHARD",
-    "DuplicatePartError",
     "MergeSummary",
-    "MissingPartError",
-    "MixedPartsError",
     "Part",
-    "PartsError",
     "Shard",
     "ShardInfo",
     "check_parts",
     "merge_parts",
     "merge_tags",
     "merged_path",
+    "part_outputs",
     "part_path",
     "read_part",
     "resolve_shard",
     "shard_from_env",
-    "shard_outputs",
+    "tag_part_outputs",
 ]

@@ -22,9 +22,7 @@ from torch import Tensor
 from s2fin_cli.io.reader import Scene
 from s2fin_cli.patches import PatchGeometry, cut_inputs
 from s2fin_cli.preprocessing import Preprocessor
-from s2fin_cli.sampling import Samples, group_by_block
-
-DEFAULT_BLOCK_SIZE = 512
+from s2fin_cli.sampling import SAMPLE_READ_BLOCK, Samples, group_by_block
 
 
 @dataclass
@@ -47,7 +45,7 @@ def iter_sample_inputs(
     geometry: PatchGeometry,
     device: torch.device,
     *,
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    block_size: int = SAMPLE_READ_BLOCK,
     chunk: int = 4096,
 ) -> Iterator[PatchBatch]:
     """Inputs of every sample, block by block (at most ``chunk`` samples per batch), on ``device``.
@@ -111,7 +109,7 @@ def extract_patch_set(
     device: torch.device,
     *,
     storage: torch.device | None = None,
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    block_size: int = SAMPLE_READ_BLOCK,
 ) -> PatchSet:
     """Cut the inputs of ``samples`` (computed on ``device``, kept on ``storage``, CPU default)."""
     storage = storage or torch.device("cpu")

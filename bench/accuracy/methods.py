@@ -9,8 +9,8 @@
   S²Fin (:func:`s2fin_cli.training.fit`: AdamW, warm-up + cosine, label smoothing, dihedral
   augmentation) with the same fixed step budget.
 * ``s2fin`` and ``s2fin-no-<module>``: :class:`models.S2Fin` built by
-  :func:`s2fin_cli.training.build_config` (the config ``s2fin train`` builds), one module
-  switched off per ablation.
+  :meth:`s2fin_cli.training.NetworkOptions.build_config` (the config ``s2fin train`` builds),
+  one module switched off per ablation.
 
 No method sees a validation or test pixel while training: deep models train for a fixed number
 of optimisation steps and the last weights are scored (no checkpoint selection).
@@ -18,10 +18,10 @@ of optimisation steps and the last weights are scored (no checkpoint selection).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,9 +30,8 @@ from torch import nn
 from models import S2Fin
 from s2fin_cli.training import (
     ABLATIONS,
-    TrainRequest,
+    NetworkOptions,
     TrainSettings,
-    build_config,
     evaluate_patch_set,
     fit,
 )
@@ -76,28 +75,6 @@ class Recipe:
                              weight_decay=self.weight_decay, warmup_epochs=warmup,
                              patience=epochs + 1, seed=seed,
                              label_smoothing=self.label_smoothing, augment=self.augment)
-
-    def to_json(self) -> dict[str, object]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Network:
-    """S²Fin size (the small config that fits the CPU budget)."""
-
-    patch_size: int = 9
-    spectral_window: int = 5
-    pca: int = 30
-    dim: int = 32
-    heads: int = 4
-    depth: int = 1
-    dropout: float = 0.1
-
-    def request(self, ablate: tuple[str, ...] = ()) -> TrainRequest:
-        return TrainRequest(labels=Path("-"), patch_size=self.patch_size,
-                            spectral_window=self.spectral_window, pca=self.pca, dim=self.dim,
-                            heads=self.heads, depth=self.depth, dropout=self.dropout,
-                            ablate=ablate)
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -177,20 +154,20 @@ def _torch(model: nn.Module, train: PatchSet, test: PatchSet, recipe: Recipe,
     return Outcome(pred, t1 - t0, time.perf_counter() - t1)
 
 
-def build_model(method: str, train: PatchSet, num_classes: int, network: Network,
+def build_model(method: str, train: PatchSet, num_classes: int, network: NetworkOptions,
                 seed: int) -> nn.Module:
     torch.manual_seed(seed)
     if method == "cnn":
         channels = train.spatial.shape[1] + train.active.shape[1]
         return SmallCNN(channels, num_classes, dropout=network.dropout)
     ablate = () if method == S2FIN else (method.removeprefix("s2fin-no-"),)
-    config = build_config(network.request(ablate), train.spectral.shape[1],
-                          train.spatial.shape[1], train.active.shape[1], num_classes)
+    config = dataclasses.replace(network, ablate=ablate).build_config(
+        train.spectral.shape[1], train.spatial.shape[1], train.active.shape[1], num_classes)
     return S2Fin(config)
 
 
 def run_method(method: str, train: PatchSet, test: PatchSet, num_classes: int, *,
-               recipe: Recipe, network: Network, seed: int, n_per_class: int) -> Outcome:
+               recipe: Recipe, network: NetworkOptions, seed: int, n_per_class: int) -> Outcome:
     """Train ``method`` on ``train`` and predict ``test`` (output indexes)."""
     if method == "rf":
         return _sklearn(_rf, train, test, seed)
@@ -202,7 +179,7 @@ def run_method(method: str, train: PatchSet, test: PatchSet, num_classes: int, *
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(ALL_METHODS)}")
 
 
-def parameter_count(method: str, train: PatchSet, num_classes: int, network: Network) -> int:
+def parameter_count(method: str, train: PatchSet, num_classes: int, network: NetworkOptions) -> int:
     if method in ("rf", "svm"):
         return 0
     model = build_model(method, train, num_classes, network, 0)

@@ -31,7 +31,6 @@ from bench.accuracy.methods import (
     BASELINES,
     LABELS,
     S2FIN,
-    Network,
     Recipe,
     parameter_count,
     run_method,
@@ -49,6 +48,7 @@ from s2fin_cli.io.reader import open_scene
 from s2fin_cli.metrics import AccuracyReport
 from s2fin_cli.patches import PatchGeometry
 from s2fin_cli.preprocessing import fit_preprocessor
+from s2fin_cli.training import NetworkOptions
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,6 +59,8 @@ FULL = {"size": 96, "steps": 64, "test_cap": 600, "seeds": 5, "real_seeds": 3,
         "ablation_seeds": 3}
 QUICK = {"size": 64, "steps": 25, "test_cap": 300, "seeds": 2, "real_seeds": 1,
          "ablation_seeds": None, "n": "5,10", "scenes": "urban,sen1floods11"}
+
+_NETWORK = NetworkOptions()
 
 
 def _ints(text: str) -> list[int]:
@@ -109,12 +111,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="keep the classes that can supply this many training pixels (default: "
                         "the largest N); give the full run's largest N to a --trial run at one "
                         "N so it keeps the same classes, draws and test pixels")
+    # The network of `s2fin train` (NetworkOptions' defaults), but a 9 x 9 patch: the CPU budget.
     p.add_argument("--patch-size", type=int, default=9)
-    p.add_argument("--spectral-window", type=int, default=5)
-    p.add_argument("--pca", type=int, default=30)
-    p.add_argument("--dim", type=int, default=32)
-    p.add_argument("--depth", type=int, default=1)
-    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--spectral-window", type=int, default=_NETWORK.spectral_window)
+    p.add_argument("--pca", type=int, default=_NETWORK.pca)
+    p.add_argument("--dim", type=int, default=_NETWORK.dim)
+    p.add_argument("--depth", type=int, default=_NETWORK.depth)
+    p.add_argument("--dropout", type=float, default=_NETWORK.dropout)
     p.add_argument("--ablation-seeds", type=int, default=None,
                    help="seeds of the ablation runs (the first K seeds; default "
                         f"{FULL['ablation_seeds']}, all seeds with --quick)")
@@ -171,7 +174,7 @@ def methods_at(args: argparse.Namespace, ns: list[int]) -> dict[int, list[str]]:
 
 
 def run_scene(bench: Any, args: argparse.Namespace, ns: list[int], seeds: list[int],
-              recipe: Recipe, network: Network) -> SceneResult:
+              recipe: Recipe, network: NetworkOptions) -> SceneResult:
     t0 = time.perf_counter()
     plan = methods_at(args, ns)
     geometry = PatchGeometry(network.patch_size, network.spectral_window)
@@ -230,7 +233,7 @@ def run_scene(bench: Any, args: argparse.Namespace, ns: list[int], seeds: list[i
 
 
 def _protocol_lines(args: argparse.Namespace, ns: list[int], recipe: Recipe,
-                    network: Network) -> list[str]:
+                    network: NetworkOptions) -> list[str]:
     return [
         f"N = {', '.join(map(str, ns))} labelled pixels per class, drawn seeded and stratified "
         "with `s2fin_cli.sampling.apply_protocol` (the `s2fin train --per-class N` draw). "
@@ -316,8 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown scene(s) {bad}; choose from {', '.join(ALL_SCENES)}")
     recipe = Recipe(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                     augment=not args.no_augment)
-    network = Network(patch_size=args.patch_size, spectral_window=args.spectral_window,
-                      pca=args.pca, dim=args.dim, depth=args.depth, dropout=args.dropout)
+    network = NetworkOptions(patch_size=args.patch_size, spectral_window=args.spectral_window,
+                             pca=args.pca, dim=args.dim, depth=args.depth, dropout=args.dropout)
     plan = methods_at(args, ns)
     t0 = time.perf_counter()
     load_start = os.getloadavg()

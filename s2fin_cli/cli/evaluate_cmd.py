@@ -31,7 +31,7 @@ from s2fin_cli.cli.options import (
     Threads,
 )
 from s2fin_cli.errors import ConfigError, OutputError
-from s2fin_cli.evaluation import DEFAULT_BATCH_SIZE, DEFAULT_BLOCK_SIZE, Evaluation
+from s2fin_cli.evaluation import MAP_READ_BLOCK, MODEL_BATCH_SIZE, Evaluation
 from s2fin_cli.io.writer import check_output_path, write_text
 
 
@@ -114,11 +114,11 @@ def evaluate(
     threads: Threads = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, help="Model mode: patches per forward pass.")
-    ] = DEFAULT_BATCH_SIZE,
+    ] = MODEL_BATCH_SIZE,
     block_size: Annotated[
         int, typer.Option("--block-size", min=1, help="Map mode: side of the blocks of map and "
                           "labels read at a time (memory follows it).")
-    ] = DEFAULT_BLOCK_SIZE,
+    ] = MAP_READ_BLOCK,
 ) -> None:
     """Accuracy of a class map (or of a model at labelled pixels) against reference labels."""
     model_mode = model is not None

@@ -19,8 +19,8 @@ import rasterio
 import typer
 
 from s2fin_cli import console
-from s2fin_cli.cli.options import CreationOptions, JsonOutput, Overwrite
-from s2fin_cli.cli.predict_cmd import expand_scenes
+from s2fin_cli.cli.helpers import expand_paths
+from s2fin_cli.cli.options import Cog, CreationOptions, JsonOutput, Overwrite
 from s2fin_cli.errors import ConfigError
 from s2fin_cli.io.classmap import MapOutputs
 from s2fin_cli.io.writer import check_output_path, parse_creation_options, qml_path_for
@@ -53,15 +53,13 @@ def merge(
         typer.Option("--confidence", help="Also merge the confidence parts into this file.",
                      show_default=False),
     ] = None,
-    cog: Annotated[
-        bool, typer.Option("--cog", help="Write Cloud-Optimized GeoTIFFs (with overviews).")
-    ] = False,
+    cog: Cog = False,
     co: CreationOptions = None,
     overwrite: Overwrite = False,
     json_output: JsonOutput = False,
 ) -> None:
     """Assemble the parts of a sharded prediction (predict --shard) into one class map."""
-    paths = [p for p in expand_scenes(parts) if not p.name.lower().endswith(_SIDECARS)]
+    paths = [p for p in expand_paths(parts) if not p.name.lower().endswith(_SIDECARS)]
     # The same file named twice (a glob and its name, relative and absolute) counts once.
     unique = list({p.resolve(): p for p in reversed(paths)}.values())[::-1]
     read = [read_part(p) for p in unique]

@@ -25,6 +25,9 @@ Threads = Annotated[
 Seed = Annotated[
     int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")
 ]
+Cog = Annotated[
+    bool, typer.Option("--cog", help="Write Cloud-Optimized GeoTIFFs (with overviews).")
+]
 CreationOptions = Annotated[
     list[str] | None,
     typer.Option("--co", help="GDAL creation option KEY=VALUE for written rasters; repeatable."),

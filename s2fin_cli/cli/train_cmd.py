@@ -28,12 +28,9 @@ from s2fin_cli.cli.options import (
 from s2fin_cli.distributed import launch_env, process_group, rank_device
 from s2fin_cli.errors import EXIT_INTERRUPTED, ConfigError
 from s2fin_cli.model_file import DEFAULT_MODEL_PATH
+from s2fin_cli.sampling import DEFAULT_SPLIT_BLOCK, DEFAULT_VAL_FRACTION
 from s2fin_cli.training import (
-    DEFAULT_DEPTH,
-    DEFAULT_DIM,
-    DEFAULT_PATCH,
-    DEFAULT_PCA,
-    DEFAULT_SPECTRAL_WINDOW,
+    NetworkOptions,
     TrainingStopped,
     TrainRequest,
     TrainSettings,
@@ -45,6 +42,7 @@ from s2fin_cli.training import (
 )
 
 _D = TrainSettings()
+_N = NetworkOptions()
 
 
 def train(
@@ -86,11 +84,11 @@ def train(
     val_fraction: Annotated[
         float, typer.Option("--val-fraction", help="Share of the labels held out for "
                             "validation (spatially blocked; 0 = none, keep the last epoch).")
-    ] = 0.2,
+    ] = DEFAULT_VAL_FRACTION,
     split_block: Annotated[
         int, typer.Option("--split-block", help="Cell size in pixels of the blocked "
                           "train/validation split.")
-    ] = 16,
+    ] = DEFAULT_SPLIT_BLOCK,
     epochs: Annotated[int, typer.Option("--epochs", help="Maximum epochs.")] = _D.epochs,
     batch_size: Annotated[int, typer.Option("--batch-size")] = _D.batch_size,
     lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate (linear warm-up, "
@@ -101,28 +99,28 @@ def train(
         int, typer.Option("--patience", help="Stop after this many epochs without validation "
                           "improvement.")
     ] = _D.patience,
-    seed: Seed = 0,
+    seed: Seed = _D.seed,
     device: Device = "auto",
     threads: Threads = None,
     patch_size: Annotated[
         int, typer.Option("--patch-size", help="Spatial patch side, odd, 7..15.")
-    ] = DEFAULT_PATCH,
+    ] = _N.patch_size,
     spectral_window: Annotated[
         int, typer.Option("--spectral-window", help="Side of the spectral patch (odd, <= "
                           "patch size).")
-    ] = DEFAULT_SPECTRAL_WINDOW,
+    ] = _N.spectral_window,
     pca: Annotated[
         int, typer.Option("--pca", help="PCA components of the spatial optical patch (capped "
                           "at the band count).")
-    ] = DEFAULT_PCA,
+    ] = _N.pca,
     dim: Annotated[int, typer.Option("--dim", help="Feature width of the network.")
-                   ] = DEFAULT_DIM,
+                   ] = _N.dim,
     depth: Annotated[
         int, typer.Option("--depth", help="Blocks per stage (HFSET, spatial, long-range).")
-    ] = DEFAULT_DEPTH,
+    ] = _N.depth,
     dropout: Annotated[
         float, typer.Option("--dropout", help="Dropout rate of the network (0 for none).")
-    ] = 0.1,
+    ] = _N.dropout,
     ablate: Annotated[
         str | None,
         typer.Option("--ablate", help="Switch modules off, comma separated: hfset, afcm, ssaf, "
@@ -163,8 +161,10 @@ def train(
         labels=labels, scene=scene, hsi=hsi, lidar=lidar, sar=sar, aux_bands=aux_bands,
         label_field=label_field, test_labels=test_labels, output=output, overwrite=overwrite,
         per_class=per_class, train_fraction=train_fraction, val_fraction=val_fraction,
-        split_block=split_block, patch_size=patch_size, spectral_window=spectral_window,
-        pca=pca, dim=dim, depth=depth, dropout=dropout, ablate=parse_ablate(ablate),
+        split_block=split_block,
+        network=NetworkOptions(patch_size=patch_size, spectral_window=spectral_window, pca=pca,
+                               dim=dim, depth=depth, dropout=dropout,
+                               ablate=parse_ablate(ablate)),
         settings=settings,
         device=device, threads=threads, resume=resume, keep_checkpoint=keep_checkpoint,
         json_lines=json_output, stop_after=stop_after_epoch,
@@ -185,7 +185,7 @@ def train(
             summary = run_training(request)
         else:
             with process_group(env, device) as dist:
-                summary = run_training(request, dist=dist)
+                summary = run_training(request, ctx=dist)
                 if not dist.is_main:
                     return
     except TrainingStopped as stop:

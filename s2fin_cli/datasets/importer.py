@@ -33,7 +33,7 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 
 from s2fin_cli import __version__, console
-from s2fin_cli.datasets.readers import read_mat, read_tiff, sha256_of
+from s2fin_cli.datasets.readers import read_mat, read_tiff
 from s2fin_cli.datasets.specs import (
     IMAGE_ROLES,
     LABEL_ROLES,
@@ -46,6 +46,7 @@ from s2fin_cli.datasets.specs import (
     get_spec,
 )
 from s2fin_cli.errors import AlignmentError, ConfigError, InputError, LabelError, OutputError
+from s2fin_cli.hashing import file_sha256
 from s2fin_cli.io.grid import Grid
 from s2fin_cli.io.writer import check_output_path, write_raster, write_text
 
@@ -257,7 +258,7 @@ def _check_sums(spec: DatasetSpec, found: dict[Role, FoundFile], strict: bool,
     for item in found.values():
         if item.path in results:
             continue
-        digest = sha256_of(item.path)
+        digest = file_sha256(item.path)
         known = spec.sha256.get(item.path.name.lower())
         if known is None:
             status = "unknown"

@@ -7,7 +7,6 @@ the importer moves bands first.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import warnings
 from dataclasses import dataclass
@@ -24,14 +23,6 @@ from s2fin_cli.errors import InputError
 from s2fin_cli.io.grid import Grid
 
 _TOKEN = re.compile(r"\.?([A-Za-z_]\w*)|\[(\d+)\]")
-
-
-def sha256_of(path: Path, *, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _parse_key(key: str) -> list[str | int]:

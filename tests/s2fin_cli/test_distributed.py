@@ -27,8 +27,9 @@ from typer.testing import CliRunner
 from models import S2Fin
 from s2fin_cli.cli import train_cmd
 from s2fin_cli.cli.app import app
-from s2fin_cli.distributed import DEBUG_DIGEST_ENV, launch_env, rank_device, state_digest
+from s2fin_cli.distributed import DEBUG_DIGEST_ENV, launch_env, rank_device
 from s2fin_cli.errors import ConfigError
+from s2fin_cli.hashing import state_digest
 from s2fin_cli.io.reader import open_stacked_scene
 from s2fin_cli.model_file import ModelBundle, load_model_file
 from s2fin_cli.patches import PatchGeometry

@@ -13,21 +13,17 @@ import torch
 
 from s2fin_cli.classes import ClassTable
 from s2fin_cli.errors import InputError, LabelError
-from s2fin_cli.evaluation import (
-    evaluate_map,
-    evaluate_model,
-    label_lookup,
-    predict_samples,
-    valid_centres,
-)
-from s2fin_cli.inference import BlockResult, predict_scene
+from s2fin_cli.evaluation import evaluate_map, evaluate_model
+from s2fin_cli.inference import BlockPredictor, BlockResult, predict_scene, scene_blocks
 from s2fin_cli.io.grid import Grid
 from s2fin_cli.io.reader import open_stacked_scene
 from s2fin_cli.io.windows import window_slices
 from s2fin_cli.io.writer import write_raster
 from s2fin_cli.metrics import confusion_matrix
 from s2fin_cli.model_file import ModelBundle
-from s2fin_cli.sampling import Samples
+from s2fin_cli.reference import label_lookup
+from s2fin_cli.sampling import Samples, valid_centres
+from s2fin_cli.scoring import predict_indexes
 from tests.conftest import utm_grid
 from tests.s2fin_cli.helpers import tiny_bundle, write_scene
 
@@ -261,7 +257,8 @@ def test_model_mode_equals_evaluating_the_predicted_map(model_case: ModelCase) -
 
     with open_stacked_scene(case.scene) as scene:
         ev = evaluate_model(case.bundle, scene, case.labels)
-        predict_scene(scene, case.bundle, sink, block_size=64, progress=False)
+        predict_scene(scene, BlockPredictor(case.bundle), sink, scene_blocks(scene.grid, 64),
+                      progress=False)
     assert predicted[5, 6] == 0 and len(np.unique(predicted)) > 2  # varied predictions
     map_path = write_raster(case.tmp / "pred.tif", predicted, case.grid, nodata=0,
                             classes=case.bundle.classes)
@@ -276,16 +273,22 @@ def test_predict_samples_returns_class_ids_and_keeps_model_mode(model_case: Mode
     samples = Samples(np.array([0, 3, 10]), np.array([0, 7, 13]), np.array([1, 2, 5]))
     model = bundle.build_model("cpu")
     model.train()
+    cpu = torch.device("cpu")
+    ids_of = np.asarray(bundle.classes.ids, np.int64)
     with open_stacked_scene(model_case.scene) as scene:
-        ids = predict_samples(bundle, scene, samples, "cpu", 2, model=model)
+        ids = ids_of[predict_indexes(model, scene, samples, bundle.preprocessor, bundle.geometry,
+                                     cpu, batch_size=2)]
         assert model.training
         assert set(ids.tolist()) <= {1, 2, 5} and ids.dtype == np.int64
-        again = predict_samples(bundle, scene, samples, torch.device("cpu"), 512)
+        again = ids_of[predict_indexes(bundle.build_model(cpu), scene, samples,
+                                       bundle.preprocessor, bundle.geometry, cpu,
+                                       batch_size=512)]
         np.testing.assert_array_equal(ids, again)
         valid = valid_centres(scene, Samples(np.array([5, 0]), np.array([6, 0]),
                                              np.array([1, 1])))
         assert valid.tolist() == [False, True]
-        assert predict_samples(bundle, scene, Samples.empty()).size == 0
+        assert predict_indexes(model, scene, Samples.empty(), bundle.preprocessor,
+                               bundle.geometry, cpu).size == 0
 
 
 def test_model_mode_unknown_label_ids(model_case: ModelCase) -> None:

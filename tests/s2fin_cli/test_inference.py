@@ -18,6 +18,7 @@ from s2fin_cli.inference import (
     PredictionSummary,
     default_batch_size,
     predict_scene,
+    scene_blocks,
 )
 from s2fin_cli.io.reader import open_stacked_scene
 from s2fin_cli.model_file import ModelBundle
@@ -34,9 +35,13 @@ def _one_thread() -> Iterator[None]:
         yield  # not 1..N: output index i must map to classes.classes[i].id
 
 
-def _collect(scene_path: Path, bundle: ModelBundle, **kwargs: object) -> tuple[
+def _collect(scene_path: Path, bundle: ModelBundle, *, block_size: int = 256,
+             shard: Shard | None = None, device: str = "cpu", batch_size: int | None = None,
+             probabilities: bool = False, confidence: bool = False) -> tuple[
         np.ndarray, np.ndarray | None, np.ndarray | None, PredictionSummary]:
     """Run predict_scene and paste the blocks into whole-scene arrays."""
+    predictor = BlockPredictor(bundle, device, batch_size=batch_size,
+                               probabilities=probabilities, confidence=confidence)
     with open_stacked_scene(scene_path) as scene:
         h, w = scene.grid.shape
         classes = np.full((h, w), -1, np.int64)
@@ -55,7 +60,9 @@ def _collect(scene_path: Path, bundle: ModelBundle, **kwargs: object) -> tuple[
                 conf = conf if conf is not None else np.zeros((h, w))
                 conf[rs, cs] = r.confidence
 
-        summary = predict_scene(scene, bundle, sink, progress=False, **kwargs)  # type: ignore[arg-type]
+        windows = (scene_blocks(scene.grid, block_size) if shard is None
+                   else shard.windows(h, w, block_size))
+        summary = predict_scene(scene, predictor, sink, windows, progress=False)
     return classes, probs, conf, summary
 
 
@@ -175,7 +182,7 @@ def test_model_error_midway_propagates_and_stops_threads(tmp_path: Path) -> None
     predictor.model.forward = failing
     written: list[BlockResult] = []
     with open_stacked_scene(path) as scene, pytest.raises(RuntimeError, match="injected"):
-        predict_scene(scene, bundle, written.append, block_size=4, predictor=predictor,
+        predict_scene(scene, predictor, written.append, scene_blocks(scene.grid, 4),
                       progress=False)
     assert len(written) <= 2
     assert not _threads()
@@ -189,7 +196,8 @@ def test_writer_error_propagates(tmp_path: Path) -> None:
         raise OSError("disk on fire")
 
     with open_stacked_scene(path) as scene, pytest.raises(OSError, match="disk on fire"):
-        predict_scene(scene, bundle, sink, block_size=2, progress=False)
+        predict_scene(scene, BlockPredictor(bundle), sink, scene_blocks(scene.grid, 2),
+                      progress=False)
     assert not _threads()
 
 
@@ -204,7 +212,8 @@ def test_writer_error_on_last_block_propagates(tmp_path: Path) -> None:
             raise OSError("last block lost")
 
     with open_stacked_scene(path) as scene, pytest.raises(OSError, match="last block lost"):
-        predict_scene(scene, bundle, sink, block_size=3, progress=False)
+        predict_scene(scene, BlockPredictor(bundle), sink, scene_blocks(scene.grid, 3),
+                      progress=False)
     assert not _threads()
 
 
@@ -223,7 +232,8 @@ def test_reader_error_propagates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
         monkeypatch.setattr(scene, "read", read)
         with pytest.raises(ValueError, match="bad block"):
-            predict_scene(scene, bundle, lambda r: None, block_size=2, progress=False)
+            predict_scene(scene, BlockPredictor(bundle), lambda r: None,
+                          scene_blocks(scene.grid, 2), progress=False)
     assert not _threads()
 
 

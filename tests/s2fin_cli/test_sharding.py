@@ -15,17 +15,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from s2fin_cli.classes import ClassTable
-from s2fin_cli.errors import ConfigError, InputError
-from s2fin_cli.inference import BlockResult, predict_scene
+from s2fin_cli.errors import (
+    ConfigError,
+    DuplicatePartError,
+    InputError,
+    MissingPartError,
+    MixedPartsError,
+)
+from s2fin_cli.inference import BlockPredictor, BlockResult, predict_scene, scene_blocks
 from s2fin_cli.io.classmap import ClassMapWriter, MapOutputs, model_tags
 from s2fin_cli.io.grid import Grid
 from s2fin_cli.io.reader import open_stacked_scene
 from s2fin_cli.io.windows import iter_blocks, window_slices
 from s2fin_cli.sharding import (
     TAG_SHARD,
-    DuplicatePartError,
-    MissingPartError,
-    MixedPartsError,
     Shard,
     ShardInfo,
     check_parts,
@@ -36,7 +39,7 @@ from s2fin_cli.sharding import (
     read_part,
     resolve_shard,
     shard_from_env,
-    shard_outputs,
+    tag_part_outputs,
 )
 from tests.conftest import utm_grid
 from tests.s2fin_cli.helpers import tiny_bundle, torch_threads, write_scene
@@ -137,7 +140,7 @@ def _write_parts(directory: Path, count: int, *, truth: np.ndarray | None = None
     for i in indices if indices is not None else range(count):
         shard = Shard(i, count)
         named = MapOutputs(classes=part_path(directory / name, shard), tags=tags)
-        outputs = shard_outputs(named, shard, block_size=block, grid=grid,
+        outputs = tag_part_outputs(named, shard, block_size=block, grid=grid,
                                 scene=Path("scene.tif"))
         with ClassMapWriter(grid, CLASSES, outputs) as writer:
             for window in shard.windows(grid.height, grid.width, block):
@@ -227,17 +230,18 @@ def test_sharded_predict_scene_merges_to_single_process_map(tmp_path: Path) -> N
         single[window_slices(result.window)] = result.classes
 
     with open_stacked_scene(scene_path) as scene:
-        summary = predict_scene(scene, bundle, paste, block_size=6, progress=False)
+        summary = predict_scene(scene, BlockPredictor(bundle), paste, scene_blocks(grid, 6),
+                                progress=False)
         parts, pixels = [], 0
         for i in range(3):
             shard = Shard(i, 3)
             named = MapOutputs(classes=part_path(tmp_path / "map.tif", shard),
                                probabilities=part_path(tmp_path / "p.tif", shard),
                                tags=model_tags("m", "c" * 64))
-            outputs = shard_outputs(named, shard, block_size=6, grid=grid, scene=scene_path)
+            outputs = tag_part_outputs(named, shard, block_size=6, grid=grid, scene=scene_path)
             with ClassMapWriter(grid, bundle.classes, outputs) as writer:
-                part = predict_scene(scene, bundle, writer, block_size=6, progress=False,
-                                     probabilities=True, shard=shard)
+                part = predict_scene(scene, BlockPredictor(bundle, probabilities=True), writer,
+                                     shard.windows(grid.height, grid.width, 6), progress=False)
             assert part.blocks == len(shard.windows(grid.height, grid.width, 6))
             pixels += part.pixels
             parts.append(outputs.classes)

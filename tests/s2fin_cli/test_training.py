@@ -19,6 +19,7 @@ from s2fin_cli.patches import PatchGeometry, gather_patches
 from s2fin_cli.preprocessing import fit_preprocessor
 from s2fin_cli.sampling import Samples
 from s2fin_cli.training import (
+    NetworkOptions,
     TrainingStopped,
     TrainRequest,
     TrainSettings,
@@ -50,13 +51,18 @@ def make_training_data(directory: Path, *, seed: int = 0) -> dict[str, Path]:
 
 
 def tiny_request(data: dict[str, Path], output: Path, **overrides: object) -> TrainRequest:
+    """A fast request; ``overrides`` may name TrainRequest or NetworkOptions fields."""
     settings = TrainSettings(epochs=3, batch_size=16, warmup_epochs=1, patience=5, seed=0)
+    network_fields = {f.name for f in dataclasses.fields(NetworkOptions)}
+    network = NetworkOptions(patch_size=7, spectral_window=3, pca=3, dim=8, depth=1)
+    network = dataclasses.replace(network, **{k: v for k, v in overrides.items()  # type: ignore[arg-type]
+                                              if k in network_fields})
     request = TrainRequest(
         labels=data["labels"], scene=data["scene"], test_labels=data["test"], output=output,
-        val_fraction=0.25, split_block=8, patch_size=7, spectral_window=3, pca=3, dim=8,
-        depth=1, settings=settings, device="cpu",
+        val_fraction=0.25, split_block=8, network=network, settings=settings, device="cpu",
     )
-    return dataclasses.replace(request, **overrides)  # type: ignore[arg-type]
+    return dataclasses.replace(request, **{k: v for k, v in overrides.items()  # type: ignore[arg-type]
+                                           if k not in network_fields})
 
 
 @pytest.fixture(scope="module")
@@ -181,12 +187,12 @@ def test_ablate_names_are_checked() -> None:
 
 def test_test_classes_are_matched_to_training_classes_by_name() -> None:
     from s2fin_cli.classes import ClassTable
-    from s2fin_cli.training import _match_class_names
+    from s2fin_cli.reference import label_lookup
 
     train = ClassTable.from_ids([1, 2, 3], {1: "grass", 2: "road", 3: "water"})
     test = ClassTable.from_ids([1, 2], {1: "road", 2: "water"})
     samples = Samples(np.array([0, 1, 2]), np.array([0, 0, 0]), np.array([1, 2, 1]))
-    assert _match_class_names(samples, test, train).classes.tolist() == [2, 3, 2]
+    assert label_lookup(train, test, by_name=True)[samples.classes].tolist() == [2, 3, 2]
     unnamed = ClassTable.from_ids([1, 2])
-    assert _match_class_names(samples, unnamed, ClassTable.from_ids([1, 2, 3])).classes.tolist() \
-        == [1, 2, 1]
+    assert label_lookup(ClassTable.from_ids([1, 2, 3]), unnamed,
+                        by_name=False)[samples.classes].tolist() == [1, 2, 1]

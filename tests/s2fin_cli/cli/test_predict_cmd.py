@@ -20,11 +20,11 @@ from typer.testing import CliRunner
 
 from models import S2Fin
 from s2fin_cli.cli.app import app
-from s2fin_cli.cli.predict_cmd import GDAL_CACHE_MIN_MB, gdal_cache_bytes, plan_jobs
 from s2fin_cli.errors import CompatibilityError, ConfigError, OutputError
 from s2fin_cli.io.classmap import TAG_MODEL, TAG_MODEL_SHA256
 from s2fin_cli.io.grid import Grid
 from s2fin_cli.io.writer import CLASSES_TAG
+from s2fin_cli.prediction import GDAL_CACHE_MIN_MB, OutputRequest, gdal_cache_bytes, plan_jobs
 from tests.conftest import utm_grid
 from tests.s2fin_cli.helpers import (
     open_pair,
@@ -223,8 +223,7 @@ def test_gdal_cache_follows_tiles_not_scene_size(tmp_path: Path) -> None:
     tiles = {"BLOCKXSIZE": "16", "BLOCKYSIZE": "16"}
     small = write_scene(tmp_path / "small.tif", utm_grid(64, 64), creation_options=tiles)
     large = write_scene(tmp_path / "large.tif", utm_grid(256, 256), creation_options=tiles)
-    jobs = plan_jobs([small, large], None, None, None, None, None, None, cog=False,
-                     creation_options={}, overwrite=False, tags={})
+    jobs = plan_jobs([small, large], None, None, None, OutputRequest(), tags={})
     one = gdal_cache_bytes(jobs[:1], 40)
     assert one == gdal_cache_bytes(jobs[1:], 40)
     # (40 / 16 + 1)^2 = 16 tiles of 16x16 px x 7 float32 bands, plus the margin

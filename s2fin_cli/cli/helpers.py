@@ -1,0 +1,24 @@
+"""Helpers shared by command modules (never a command itself): argument expansion."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+from s2fin_cli.errors import InputError
+
+_GLOB_CHARS = set("*?[")
+
+
+def expand_paths(patterns: list[str]) -> list[Path]:
+    """Path arguments with glob patterns expanded (when the shell did not), in sorted order."""
+    out: list[Path] = []
+    for text in patterns:
+        if not Path(text).exists() and _GLOB_CHARS & set(text):
+            matches = sorted(glob.glob(text, recursive=True))
+            if not matches:
+                raise InputError(f"no file matches {text!r}")
+            out += [Path(m) for m in matches]
+        else:
+            out.append(Path(text))
+    return out

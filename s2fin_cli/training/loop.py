@@ -1,0 +1,241 @@
+"""The training loop: AdamW, linear warm-up then cosine decay per step, early stopping on the
+validation set, AMP on CUDA, a checkpoint after every epoch.
+
+Determinism: every epoch reseeds torch (dropout) and its own generator (shuffle, augmentation)
+from ``(seed, epoch)``, so a run resumed from the checkpoint of epoch k continues to the same
+final weights as an uninterrupted run.
+
+The same loop runs data parallel when its context is a
+:class:`~s2fin_cli.distributed.DistContext` (see :mod:`s2fin_cli.training.ddp`): only rank 0
+writes the checkpoint and reports progress, and the early-stopping decision is taken on
+all-reduced metrics, so it is the same everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from s2fin_cli import console
+from s2fin_cli.distributed import LOCAL, DistContext, RunContext
+from s2fin_cli.errors import LabelError
+from s2fin_cli.training.checkpoint import Checkpoint, LoopState, save_checkpoint
+from s2fin_cli.training.ddp import (
+    check_ranks_in_sync,
+    distributed_epoch,
+    distributed_validation,
+    wrap_ddp,
+)
+from s2fin_cli.training.settings import TrainSettings
+from s2fin_cli.training.steps import (
+    EpochStats,
+    Schedule,
+    epoch_seed,
+    evaluate_patch_set,
+    train_epoch,
+)
+from s2fin_cli.training_data import PatchSet, epoch_batches
+
+
+class TrainingStopped(Exception):
+    """Raised by :func:`fit` after the checkpoint of epoch ``stop_after`` (an injected stop)."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"training stopped after epoch {epoch}; continue with --resume")
+        self.epoch = epoch
+
+
+@dataclass
+class FitResult:
+    best_state: dict[str, Tensor]
+    best_epoch: int  # 1-based; the last epoch when there is no validation set
+    epochs_run: int
+    stopped_early: bool
+    history: list[dict[str, Any]]
+    final_state: dict[str, Tensor] = field(default_factory=dict)
+
+
+def state_copy(model: nn.Module) -> dict[str, Tensor]:
+    """The model's weights, detached, on the CPU."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+@dataclass
+class EarlyStopping:
+    """Keeps the best weights by (validation accuracy, -validation loss); stops after
+    ``patience`` epochs without improvement."""
+
+    patience: int
+    best_state: dict[str, Tensor]
+    best_score: tuple[float, float] = (-math.inf, -math.inf)
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped: bool = False
+
+    def update(self, epoch: int, score: tuple[float, float], model: nn.Module) -> None:
+        """Record epoch ``epoch`` (1-based) with its validation ``score``."""
+        if score > self.best_score:
+            self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
+            self.best_state = state_copy(model)
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs >= self.patience:
+                self.stopped = True
+
+    def keep_last(self, epoch: int, model: nn.Module) -> None:
+        """Without validation the last epoch is the model."""
+        self.best_epoch, self.best_state = epoch, state_copy(model)
+
+
+def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, Tensor) and key != "step":
+                state[key] = value.to(device)
+
+
+# How one epoch trains and how the validation set is scored: chosen once per run.
+_EpochFn = Callable[[torch.Generator, Schedule], EpochStats]
+_ValidateFn = Callable[[PatchSet], tuple[float, float]]
+
+
+def _epoch_functions(model: nn.Module, train: PatchSet, settings: TrainSettings,
+                     device: torch.device, optimizer: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler, ctx: RunContext
+                     ) -> tuple[_EpochFn, _ValidateFn]:
+    if isinstance(ctx, DistContext):
+        net = wrap_ddp(model, device)  # after loading the weights: DDP starts from rank 0's
+
+        def run_distributed(generator: torch.Generator, schedule: Schedule) -> EpochStats:
+            return distributed_epoch(net, train, settings, device, generator, optimizer,
+                                     scaler, schedule, ctx)
+
+        return run_distributed, partial(distributed_validation, model, train, device=device,
+                                        dist=ctx)
+
+    def run_local(generator: torch.Generator, schedule: Schedule) -> EpochStats:
+        return train_epoch(model, train, settings, device, generator, optimizer, scaler,
+                           schedule)
+
+    def validate_local(val: PatchSet) -> tuple[float, float]:
+        pred, val_loss = evaluate_patch_set(model, val, device)
+        return float((pred == val.targets.cpu().numpy()).mean()), val_loss
+
+    return run_local, validate_local
+
+
+def fit(
+    model: nn.Module,
+    train: PatchSet,
+    val: PatchSet | None,
+    settings: TrainSettings,
+    device: torch.device,
+    *,
+    checkpoint_path: Path | None = None,
+    checkpoint: Checkpoint | None = None,
+    stop_after: int | None = None,
+    json_lines: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    ctx: RunContext = LOCAL,
+) -> FitResult:
+    """Train ``model`` (already on ``device``); returns the best-validation weights.
+
+    ``checkpoint``: the run's fingerprint and preprocessing, written with the loop state to
+    ``checkpoint_path`` after every epoch (by the main rank); its ``loop``, when present, is the
+    state to resume from. ``stop_after`` raises :class:`TrainingStopped` after that epoch's
+    checkpoint, as a kill would (tests and benchmarks use it).
+
+    ``ctx``: a :class:`DistContext` to train data parallel in an initialised process group
+    (every rank calls ``fit`` with the same sets and settings; ``device`` is the rank's device,
+    ``settings.batch_size`` is per rank).
+    """
+    settings.validate()
+    if len(train) == 0:
+        raise LabelError("no training sample left")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr,
+                                  weight_decay=settings.weight_decay)
+    steps_per_epoch = len(epoch_batches(len(train), settings.batch_size * ctx.world_size,
+                                        torch.Generator().manual_seed(0)))
+    total_steps = settings.epochs * steps_per_epoch
+    warmup_steps = min(settings.warmup_epochs * steps_per_epoch, total_steps // 2)
+    use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+
+    stopping = EarlyStopping(settings.patience, state_copy(model))
+    start_epoch, history = 0, []
+    resume = checkpoint.loop if checkpoint is not None else None
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        _move_optimizer_state(optimizer, device)
+        if use_scaler and resume.scaler:
+            scaler.load_state_dict(resume.scaler)
+        start_epoch, history = resume.epoch, list(resume.history)
+        stopping = EarlyStopping(settings.patience, resume.best_state, resume.best_score,
+                                 resume.best_epoch, resume.bad_epochs, resume.stopped_early)
+    run_epoch, validate = _epoch_functions(model, train, settings, device, optimizer, scaler,
+                                           ctx)
+
+    with console.progress("training", settings.epochs,
+                          json_lines=json_lines and ctx.is_main) as bar:
+        if start_epoch:
+            bar.advance(start_epoch, resumed_at=start_epoch)
+        epoch = start_epoch
+        while epoch < settings.epochs and not stopping.stopped:
+            t0 = time.perf_counter()
+            eseed = epoch_seed(settings.seed, epoch)
+            # Dropout: its own stream per rank; shuffle and augmentation: the same on all ranks.
+            torch.manual_seed(ctx.seed_for_rank(eseed))
+            generator = torch.Generator().manual_seed(eseed)
+            model.train()
+            stats = run_epoch(generator, Schedule(epoch * steps_per_epoch, total_steps,
+                                                  warmup_steps, epoch))
+            record: dict[str, Any] = {
+                "epoch": epoch + 1, "lr": stats.lr, "train_loss": stats.loss_sum / stats.seen,
+                "train_accuracy": stats.correct / stats.seen,
+            }
+            if val is not None and len(val):
+                val_oa, val_loss = validate(val)
+                record.update(val_loss=val_loss, val_accuracy=val_oa)
+                stopping.update(epoch + 1, (val_oa, -val_loss), model)
+            else:
+                stopping.keep_last(epoch + 1, model)
+            record["seconds"] = round(time.perf_counter() - t0, 3)
+            history.append(record)
+            epoch += 1
+            if checkpoint_path is not None and checkpoint is not None and ctx.is_main:
+                checkpoint.loop = LoopState(
+                    epoch, state_copy(model), optimizer.state_dict(),
+                    scaler.state_dict() if use_scaler else {}, stopping.best_state,
+                    stopping.best_epoch, stopping.best_score, stopping.bad_epochs, history,
+                    stopping.stopped)
+                save_checkpoint(checkpoint_path, checkpoint)
+            fields = {"loss": record["train_loss"], "acc": record["train_accuracy"]}
+            if "val_accuracy" in record:
+                fields["val_acc"] = record["val_accuracy"]
+            bar.advance(1, **fields)
+            if on_epoch is not None:
+                on_epoch(record)
+            if stop_after is not None and stop_after <= epoch < settings.epochs \
+                    and not stopping.stopped:
+                ctx.barrier()  # no rank leaves before rank 0 has written the checkpoint
+                raise TrainingStopped(epoch)
+    if stopping.stopped:
+        console.note(f"early stopping after epoch {epoch}: no validation improvement for "
+                     f"{settings.patience} epochs")
+    final_state = state_copy(model)
+    if isinstance(ctx, DistContext):
+        check_ranks_in_sync(ctx, final_state, stopping.best_state)
+    return FitResult(stopping.best_state, stopping.best_epoch, epoch, stopping.stopped, history,
+                     final_state)
+
+
+__all__ = ["EarlyStopping", "FitResult", "TrainingStopped", "fit", "state_copy"]
