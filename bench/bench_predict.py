@@ -57,12 +57,8 @@ from s2fin_cli.inference import (  # noqa: E402
 )
 from s2fin_cli.io.classmap import ClassMapWriter, MapOutputs  # noqa: E402
 from s2fin_cli.io.grid import Grid  # noqa: E402
-from s2fin_cli.io.reader import (  # noqa: E402
-    TAG_AUX_BANDS,
-    TAG_AUX_KIND,
-    TAG_OPTICAL_BANDS,
-    open_stacked_scene,
-)
+from s2fin_cli.io.reader import open_stacked_scene  # noqa: E402
+from s2fin_cli.io.stack import band_tags  # noqa: E402
 from s2fin_cli.io.windows import iter_blocks, window_slices  # noqa: E402
 from s2fin_cli.io.writer import geotiff_profile  # noqa: E402
 from s2fin_cli.model_file import ModalitySpec, ModelBundle, save_model_file  # noqa: E402
@@ -80,8 +76,7 @@ def write_scene(path: Path, size: int, bands: int, valid: np.ndarray | None, see
                               creation_options={"COMPRESS": "NONE"})
     rng = np.random.default_rng(seed)
     with rasterio.open(path, "w", **profile) as dst:
-        dst.update_tags(**{TAG_OPTICAL_BANDS: f"1-{bands}",
-                           TAG_AUX_BANDS: f"{bands + 1}-{bands + 1}", TAG_AUX_KIND: "lidar"})
+        dst.update_tags(**band_tags(bands, 1, "lidar"))
         for window in iter_blocks(size, size, 512):
             rs, cs = window_slices(window)
             h, w = int(window.height), int(window.width)

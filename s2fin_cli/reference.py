@@ -79,16 +79,18 @@ def label_lookup(
 
 def _unknown_message(unknown: Mapping[int, int], names: Mapping[int, str],
                      target: ClassTable, what: str, by_name: bool) -> str:
-    items = []
+    items, keys = [], []
     for i, n in sorted(unknown.items()):
         name = names.get(i)
         label = f"{name!r}" if by_name and name else (
             f"{i} {name!r}" if name and not is_default_name(i, name) else f"{i}")
         items.append(f"{label} ({n} px)")
+        keys.append(repr(name) if by_name and name else str(i))
     known = ", ".join(f"{c.name!r}" if by_name else f"{c.id} {c.name!r}" for c in target)
     kind = "class names" if by_name else "class ids"
-    return (f"the labels hold {kind} unknown to the {what}: {', '.join(items[:12])}"
-            f"{' ...' if len(items) > 12 else ''}; the {what} knows {known}")
+    more = " ..." if len(items) > 12 else ""
+    return (f"the labels hold {kind} unknown to the {what}: {', '.join(items[:12])}{more}; "
+            f"[{', '.join(keys[:12])}{more}] are not among the {what}'s classes {known}")
 
 
 def settle_unknown(unknown: dict[int, int], names: Mapping[int, str], target: ClassTable,

@@ -30,13 +30,18 @@ from s2fin_cli.io.writer import atomic_output, geotiff_profile, write_text
 STACK_BLOCK = 512
 
 
-def stack_tags(scene: Scene) -> dict[str, str]:
-    n_opt, n_aux = scene.optical.count, scene.aux.count
+def band_tags(optical: int, aux: int, aux_kind: str) -> dict[str, str]:
+    """The tags of a stacked raster: bands 1..optical are optical, the next ``aux`` bands are
+    LiDAR or SAR (``aux_kind``)."""
     return {
-        TAG_OPTICAL_BANDS: format_band_ranges(1, n_opt),
-        TAG_AUX_BANDS: format_band_ranges(n_opt + 1, n_opt + n_aux),
-        TAG_AUX_KIND: scene.aux_kind,
+        TAG_OPTICAL_BANDS: format_band_ranges(1, optical),
+        TAG_AUX_BANDS: format_band_ranges(optical + 1, optical + aux),
+        TAG_AUX_KIND: aux_kind,
     }
+
+
+def stack_tags(scene: Scene) -> dict[str, str]:
+    return band_tags(scene.optical.count, scene.aux.count, scene.aux_kind)
 
 
 def _stack_dtype_and_nodata(scene: Scene) -> tuple[str, float | None]:

@@ -1,38 +1,25 @@
-"""Helpers shared by the models tests: small configs keep the suite fast on a 2-core CPU.
-
-A plain module (not conftest.py) so the test files can import it by a name no other test
-directory uses.
-"""
+"""The models tests' preset of :func:`tests.helpers.tiny_config` (12 bands, 3 classes, two
+HFSET blocks: ~30 k parameters, every module on) and random inputs of a config's shapes."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from models import S2FinConfig
+from tests import helpers
+
+_PRESET: dict[str, Any] = {"bands": 12, "aux_bands": 1, "num_classes": 3, "reduced_bands": 4,
+                           "hfset_depth": 2, "state_dim": 4}
 
 
-def tiny_config(**overrides: object) -> S2FinConfig:
-    """A small but complete network (every module on): ~30 k parameters."""
-    base: dict[str, object] = dict(
-        bands=12,
-        reduced_bands=4,
-        active_bands=1,
-        num_classes=3,
-        patch_size=7,
-        spectral_window=3,
-        dim=16,
-        heads=2,
-        hfset_depth=2,
-        top_k=4,
-        spatial_depth=1,
-        long_range_depth=1,
-        state_dim=4,
-        ssm_heads=2,
-        dropout=0.0,
-    )
-    base.update(overrides)
-    return S2FinConfig(**base)  # type: ignore[arg-type]
+def tiny_config(**overrides: Any) -> S2FinConfig:
+    """:func:`tests.helpers.tiny_config` with the models tests' preset."""
+    if "active_bands" in overrides:
+        overrides["aux_bands"] = overrides.pop("active_bands")
+    return helpers.tiny_config(**{**_PRESET, **overrides})
 
 
 def make_inputs(

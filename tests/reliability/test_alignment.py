@@ -12,8 +12,8 @@ from rasterio.crs import CRS
 
 from s2fin_cli.io.grid import Grid
 from s2fin_cli.io.writer import write_raster
-from tests.conftest import utm_grid
-from tests.reliability.conftest import (
+from tests.helpers import scene_arrays, utm_grid
+from tests.reliability.harness import (
     PREDICT_FAST,
     SIZE,
     TINY_TRAIN,
@@ -24,7 +24,6 @@ from tests.reliability.conftest import (
     run_cli,
     snapshot,
 )
-from tests.s2fin_cli.helpers import scene_arrays
 
 
 def _pair(d: Path, hsi_grid: Grid, aux_grid: Grid) -> tuple[Path, Path]:

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from tests.conftest import utm_grid
-from tests.reliability.conftest import (
+from tests.helpers import scene_arrays, utm_grid, write_stacked
+from tests.reliability.harness import (
     BANDS,
     CLI_TIMEOUT_S,
     TinyData,
@@ -18,9 +18,7 @@ from tests.reliability.conftest import (
     cli_env,
     leftovers,
     run_cli,
-    write_stacked,
 )
-from tests.s2fin_cli.helpers import scene_arrays
 
 ARGS = ["--device", "cpu", "--batch-size", "64", "--block-size", "8"]
 

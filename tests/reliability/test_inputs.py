@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from tests.conftest import utm_grid
-from tests.reliability.conftest import (
+from tests.helpers import scene_arrays, utm_grid, write_stacked
+from tests.reliability.harness import (
     PREDICT_FAST,
     TINY_TRAIN,
     TinyData,
@@ -21,9 +21,7 @@ from tests.reliability.conftest import (
     class_stripes,
     run_cli,
     snapshot,
-    write_stacked,
 )
-from tests.s2fin_cli.helpers import scene_arrays
 
 
 def _missing(d: Path, source: Path) -> Path:

@@ -11,8 +11,8 @@ import pytest
 from rasterio.warp import transform_geom
 
 from s2fin_cli.io.writer import write_raster
-from tests.conftest import utm_grid
-from tests.reliability.conftest import (
+from tests.helpers import utm_grid
+from tests.reliability.harness import (
     SIZE,
     TINY_TRAIN,
     TinyData,

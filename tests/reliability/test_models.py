@@ -17,8 +17,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from s2fin_cli import model_file
-from tests.conftest import utm_grid
-from tests.reliability.conftest import (
+from tests.helpers import scene_arrays, utm_grid, write_stacked
+from tests.reliability.harness import (
     PREDICT_FAST,
     SIZE,
     TinyData,
@@ -27,9 +27,7 @@ from tests.reliability.conftest import (
     assert_user_error,
     run_cli,
     snapshot,
-    write_stacked,
 )
-from tests.s2fin_cli.helpers import scene_arrays
 
 MARKER = "pickle-was-executed"
 

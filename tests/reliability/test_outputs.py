@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import (
+from tests.reliability.harness import (
     CLI_TIMEOUT_S,
     PREDICT_FAST,
     TINY_TRAIN,

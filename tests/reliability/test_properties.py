@@ -22,9 +22,7 @@ from s2fin_cli.io.reader import Scene, open_stacked_scene
 from s2fin_cli.io.windows import iter_blocks, reflect_indices
 from s2fin_cli.metrics import AccuracyReport, ConfusionAccumulator
 from s2fin_cli.patches import PatchGeometry, cut_inputs, gather_patches
-from tests.conftest import utm_grid
-from tests.reliability.conftest import write_stacked
-from tests.s2fin_cli.helpers import scene_arrays
+from tests.helpers import scene_arrays, utm_grid, write_stacked
 
 FAST = settings(max_examples=60, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from s2fin_cli.model_file import load_model_file
-from tests.conftest import utm_grid
-from tests.reliability.conftest import (
+from tests.helpers import scene_arrays, utm_grid, write_stacked
+from tests.reliability.harness import (
     BANDS,
     CLI_TIMEOUT_S,
     TINY_TRAIN,
@@ -22,9 +22,7 @@ from tests.reliability.conftest import (
     leftovers,
     run_cli,
     snapshot,
-    write_stacked,
 )
-from tests.s2fin_cli.helpers import scene_arrays
 
 POLL_S = 0.02
 

@@ -21,8 +21,8 @@ import rasterio
 
 from s2fin_cli.io.writer import write_raster
 from s2fin_cli.model_file import load_model_file
-from tests.conftest import utm_grid
-from tests.reliability.conftest import (
+from tests.helpers import scene_arrays, utm_grid, write_stacked
+from tests.reliability.harness import (
     BANDS,
     PREDICT_FAST,
     SIZE,
@@ -34,9 +34,7 @@ from tests.reliability.conftest import (
     class_stripes,
     run_cli,
     snapshot,
-    write_stacked,
 )
-from tests.s2fin_cli.helpers import scene_arrays
 
 GRID = utm_grid(SIZE, SIZE)
 

@@ -42,9 +42,7 @@ from s2fin_cli.training_data import (
     extract_patch_set,
     rank_share,
 )
-from tests.conftest import REPO_ROOT
-from tests.s2fin_cli.helpers import torch_threads
-from tests.s2fin_cli.test_training import make_training_data, tiny_request
+from tests.helpers import REPO_ROOT, make_training_data, tiny_request, torch_threads
 
 EPOCHS = 3
 PER_RANK_BATCH = 8

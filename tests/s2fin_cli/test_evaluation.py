@@ -24,8 +24,7 @@ from s2fin_cli.model_file import ModelBundle
 from s2fin_cli.reference import label_lookup
 from s2fin_cli.sampling import Samples, valid_centres
 from s2fin_cli.scoring import predict_indexes
-from tests.conftest import utm_grid
-from tests.s2fin_cli.helpers import tiny_bundle, write_scene
+from tests.helpers import tiny_bundle, utm_grid, write_scene
 
 TABLE = ClassTable.from_ids([1, 2, 3], {1: "water", 2: "trees", 3: "urban"})
 

@@ -15,7 +15,7 @@ from s2fin_cli.errors import OutputError
 from s2fin_cli.figures import confusion_figure, figure_paths, map_quicklook, read_decimated
 from s2fin_cli.io.writer import write_raster
 from s2fin_cli.metrics import AccuracyReport
-from tests.conftest import REPO_ROOT, utm_grid
+from tests.helpers import REPO_ROOT, utm_grid
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TABLE = ClassTable.from_ids([1, 2, 3], {1: "water", 2: "trees", 3: "a rather long class name "

@@ -23,8 +23,7 @@ from s2fin_cli.inference import (
 from s2fin_cli.io.reader import open_stacked_scene
 from s2fin_cli.model_file import ModelBundle
 from s2fin_cli.sharding import Shard
-from tests.conftest import utm_grid
-from tests.s2fin_cli.helpers import tiny_bundle, torch_threads, write_scene
+from tests.helpers import tiny_bundle, torch_threads, utm_grid, write_scene
 
 CLASS_IDS = [2, 3, 5, 9]
 

@@ -13,8 +13,7 @@ from safetensors.torch import save_file
 
 from s2fin_cli.errors import ModelFileError
 from s2fin_cli.model_file import ModelBundle, load_model_file, save_model_file
-from tests.conftest import utm_grid
-from tests.s2fin_cli.helpers import tiny_bundle, torch_threads, write_scene
+from tests.helpers import tiny_bundle, torch_threads, utm_grid, write_scene
 
 
 @pytest.fixture(scope="module")

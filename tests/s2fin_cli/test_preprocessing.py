@@ -10,8 +10,7 @@ import torch
 from s2fin_cli.io.reader import open_scene, open_stacked_scene
 from s2fin_cli.io.writer import write_raster
 from s2fin_cli.preprocessing import Preprocessor, fit_preprocessor
-from tests.conftest import utm_grid
-from tests.s2fin_cli.helpers import write_scene
+from tests.helpers import utm_grid, write_scene
 
 GRID = utm_grid(37, 29)  # not a multiple of the block size: edge blocks are partial
 

@@ -22,8 +22,7 @@ from s2fin_cli.sampling import (
     pixel_overlap,
     within_distance,
 )
-from tests.conftest import utm_grid
-from tests.s2fin_cli.helpers import write_scene
+from tests.helpers import utm_grid, write_scene
 
 
 def _samples(counts: dict[int, int], size: int = 60, seed: int = 0) -> Samples:

@@ -41,8 +41,7 @@ from s2fin_cli.sharding import (
     shard_from_env,
     tag_part_outputs,
 )
-from tests.conftest import utm_grid
-from tests.s2fin_cli.helpers import tiny_bundle, torch_threads, write_scene
+from tests.helpers import tiny_bundle, torch_threads, utm_grid, write_scene
 
 CLASSES = ClassTable.from_ids([1, 2, 5], {1: "water", 2: "trees", 5: "roads"})
 GRID = utm_grid(width=40, height=35)

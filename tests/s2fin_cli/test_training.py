@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 from pathlib import Path
@@ -13,15 +12,12 @@ import torch
 
 from s2fin_cli.errors import ConfigError, ModelFileError
 from s2fin_cli.io.reader import open_stacked_scene
-from s2fin_cli.io.writer import write_raster
 from s2fin_cli.model_file import load_model_file
 from s2fin_cli.patches import PatchGeometry, gather_patches
 from s2fin_cli.preprocessing import fit_preprocessor
 from s2fin_cli.sampling import Samples
 from s2fin_cli.training import (
-    NetworkOptions,
     TrainingStopped,
-    TrainRequest,
     TrainSettings,
     checkpoint_path_for,
     learning_rate,
@@ -30,39 +26,11 @@ from s2fin_cli.training import (
     run_training,
 )
 from s2fin_cli.training_data import augment, epoch_batches, extract_patch_set
-from tests.conftest import utm_grid
-from tests.s2fin_cli.helpers import torch_threads, write_scene
-
-SIZE = 32
-
-
-def make_training_data(directory: Path, *, seed: int = 0) -> dict[str, Path]:
-    """A 32x32 stacked scene (6 bands + 1 LiDAR) with 3 classes in vertical stripes, sparse
-    training labels and disjoint test labels."""
-    grid = utm_grid(SIZE, SIZE)
-    scene = write_scene(directory / "scene.tif", grid, bands=6, seed=seed)
-    rows, cols = np.mgrid[0:SIZE, 0:SIZE]
-    classes = (cols * 3 // SIZE + 1).astype(np.uint8)
-    train = np.where((rows % 3 == 0) & (cols % 3 == 0), classes, 0).astype(np.uint8)
-    test = np.where((rows % 3 == 1) & (cols % 3 == 2), classes, 0).astype(np.uint8)
-    write_raster(directory / "train.tif", train, grid, nodata=0)
-    write_raster(directory / "test.tif", test, grid, nodata=0)
-    return {"scene": scene, "labels": directory / "train.tif", "test": directory / "test.tif"}
-
-
-def tiny_request(data: dict[str, Path], output: Path, **overrides: object) -> TrainRequest:
-    """A fast request; ``overrides`` may name TrainRequest or NetworkOptions fields."""
-    settings = TrainSettings(epochs=3, batch_size=16, warmup_epochs=1, patience=5, seed=0)
-    network_fields = {f.name for f in dataclasses.fields(NetworkOptions)}
-    network = NetworkOptions(patch_size=7, spectral_window=3, pca=3, dim=8, depth=1)
-    network = dataclasses.replace(network, **{k: v for k, v in overrides.items()  # type: ignore[arg-type]
-                                              if k in network_fields})
-    request = TrainRequest(
-        labels=data["labels"], scene=data["scene"], test_labels=data["test"], output=output,
-        val_fraction=0.25, split_block=8, network=network, settings=settings, device="cpu",
-    )
-    return dataclasses.replace(request, **{k: v for k, v in overrides.items()  # type: ignore[arg-type]
-                                           if k not in network_fields})
+from tests.helpers import (
+    make_training_data,
+    tiny_request,
+    torch_threads,
+)
 
 
 @pytest.fixture(scope="module")

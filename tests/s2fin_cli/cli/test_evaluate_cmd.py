@@ -18,8 +18,7 @@ from s2fin_cli.cli.app import app
 from s2fin_cli.cli.evaluate_cmd import confusion_csv_path
 from s2fin_cli.errors import ConfigError, LabelError, OutputError
 from s2fin_cli.io.writer import write_raster
-from tests.conftest import REPO_ROOT, utm_grid
-from tests.s2fin_cli.helpers import save_tiny_model, write_pair, write_scene
+from tests.helpers import REPO_ROOT, save_tiny_model, utm_grid, write_pair, write_scene
 
 runner = CliRunner()
 

@@ -15,7 +15,7 @@ from s2fin_cli.cli.app import app
 from s2fin_cli.errors import AlignmentError, InputError, OutputError
 from s2fin_cli.io.grid import Grid
 from s2fin_cli.io.writer import write_raster
-from tests.conftest import utm_grid
+from tests.helpers import utm_grid
 
 runner = CliRunner()
 

@@ -20,8 +20,7 @@ from typer.testing import CliRunner, Result
 from s2fin_cli.cli.app import app
 from s2fin_cli.errors import ConfigError, InputError, OutputError
 from s2fin_cli.io.grid import Grid
-from tests.conftest import utm_grid
-from tests.s2fin_cli.helpers import save_tiny_model, torch_threads, write_scene
+from tests.helpers import save_tiny_model, torch_threads, utm_grid, write_scene
 
 GRID = utm_grid(width=21, height=17)
 BLOCK = "8"  # 3 x 3 blocks: shards 0, 1, 2 own blocks {0, 3, 6}, {1, 4, 7}, {2, 5, 8}

@@ -25,11 +25,11 @@ from s2fin_cli.io.classmap import TAG_MODEL, TAG_MODEL_SHA256
 from s2fin_cli.io.grid import Grid
 from s2fin_cli.io.writer import CLASSES_TAG
 from s2fin_cli.prediction import GDAL_CACHE_MIN_MB, OutputRequest, gdal_cache_bytes, plan_jobs
-from tests.conftest import utm_grid
-from tests.s2fin_cli.helpers import (
+from tests.helpers import (
     open_pair,
     save_tiny_model,
     torch_threads,
+    utm_grid,
     write_pair,
     write_scene,
 )

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,7 @@ from s2fin_cli.errors import (
 )
 from s2fin_cli.io.writer import write_raster
 from s2fin_cli.model_file import load_model_file
-from tests.conftest import REPO_ROOT, utm_grid
-from tests.s2fin_cli.helpers import write_pair
-from tests.s2fin_cli.test_training import make_training_data
+from tests.helpers import REPO_ROOT, make_training_data, torch_threads, utm_grid, write_pair
 
 runner = CliRunner()
 
@@ -40,11 +39,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread() -> Iterator[None]:
+    with torch_threads(1):
+        yield
 
 
 def _args(data: dict[str, Path], out: Path, *extra: str) -> list[str]:

@@ -31,7 +31,7 @@ from s2fin_cli.io.classmap import (
 from s2fin_cli.io.grid import Grid
 from s2fin_cli.io.windows import iter_blocks, window_slices
 from s2fin_cli.io.writer import CLASSES_TAG
-from tests.conftest import utm_grid
+from tests.helpers import utm_grid
 
 CLASSES = ClassTable.from_ids([1, 2, 4], {1: "water", 2: "trees & shrubs", 4: "<roads>"})
 

@@ -14,7 +14,7 @@ from s2fin_cli.errors import InputError, LabelError
 from s2fin_cli.io.grid import Grid
 from s2fin_cli.io.labels import open_labels, read_label_points
 from s2fin_cli.io.writer import write_raster
-from tests.conftest import utm_grid
+from tests.helpers import utm_grid
 
 
 def _rect(grid: Grid, col0: int, row0: int, col1: int, row1: int) -> list[tuple[float, float]]:

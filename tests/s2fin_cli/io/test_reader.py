@@ -15,7 +15,7 @@ from s2fin_cli.io.grid import Grid
 from s2fin_cli.io.reader import open_scene, open_stacked_scene, valid_mask
 from s2fin_cli.io.stack import write_stack
 from s2fin_cli.io.writer import write_raster
-from tests.conftest import utm_grid
+from tests.helpers import utm_grid
 
 
 def _hsi(grid: Grid, bands: int = 5, seed: int = 0) -> np.ndarray:
