@@ -89,6 +89,11 @@ class S2FinConfig:
         # fails here with the key's name rather than deep inside a layer constructor.
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name), f.type)
+        self._check_sizes()
+        self._check_divisibility()
+        self._check_rates()
+
+    def _check_sizes(self) -> None:
         positive_ints = (
             "bands", "reduced_bands", "active_bands", "dim", "heads", "hfset_depth", "top_k",
             "state_dim", "ssm_expand", "ssm_heads", "ssm_conv_kernel", "scan_chunk",
@@ -115,6 +120,8 @@ class S2FinConfig:
                 "S2FinConfig.spectral_window must be odd and in [1, patch_size="
                 f"{self.patch_size}], got {self.spectral_window}"
             )
+
+    def _check_divisibility(self) -> None:
         if self.dim % self.heads != 0:
             raise ValueError(
                 f"S2FinConfig.dim ({self.dim}) must be divisible by heads ({self.heads})"
@@ -124,6 +131,8 @@ class S2FinConfig:
                 f"S2FinConfig.ssm_expand * dim ({self.ssm_expand * self.dim}) must be divisible "
                 f"by ssm_heads ({self.ssm_heads})"
             )
+
+    def _check_rates(self) -> None:
         if not 0.5 <= self.ffn_ratio <= 16.0:
             raise ValueError(f"S2FinConfig.ffn_ratio must be in [0.5, 16], got {self.ffn_ratio}")
         if not 0.0 <= self.dropout < 1.0:

@@ -68,7 +68,7 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
                    loss: Tensor, parameters: list[nn.Parameter], grad_clip: float) -> None:
     """Backward ``loss``, clip the gradient norm (when ``grad_clip`` > 0), step, update AMP."""
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    scaler.scale(loss).backward()  # type: ignore[no-untyped-call]  # torch leaves it untyped
     if grad_clip > 0:
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(parameters, grad_clip)
