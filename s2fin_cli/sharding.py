@@ -55,6 +55,9 @@ PRODUCTS = ("classes", "probabilities", "confidence")
 _PART_RE = re.compile(r"\.part-(\d+)-of-(\d+)$")
 _SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 _NO_SHARD = ("none", "off", "no")
+_AUTO = "auto"
+# The variables --shard auto reads (a note says so when they are set and --shard is not given).
+_SCHEDULER_VARS = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "RANK", "WORLD_SIZE")
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class Shard:
         match = _SHARD_RE.match(text)
         if match is None:
             raise ConfigError(f"--shard {text!r} is not INDEX/COUNT",
-                              hint="e.g. --shard 0/8 (0-based) or --shard none")
+                              hint="e.g. --shard 0/8 (0-based), --shard auto or --shard none")
         return cls(int(match.group(1)), int(match.group(2)))
 
     def __str__(self) -> str:
@@ -134,19 +137,33 @@ def shard_from_env(environ: Mapping[str, str]) -> tuple[Shard, str] | None:
 
 
 def resolve_shard(option: str | None, environ: Mapping[str, str] | None = None) -> Shard | None:
-    """``--shard``: ``i/N``; ``none`` (the whole scene, whatever the environment); absent: from
-    the environment (:func:`shard_from_env`, announced with a note), else None."""
-    if option is not None:
-        if option.strip().lower() in _NO_SHARD:
-            return None
-        return Shard.parse(option)
-    found = shard_from_env(os.environ if environ is None else environ)
-    if found is None:
-        return None
-    shard, where = found
-    console.note(f"predicting shard {shard} ({where}) into part files for s2fin merge "
-                 "(--shard none: the whole scene)")
-    return shard
+    """``--shard``: ``i/N``; ``auto`` (from the scheduler's variables, :func:`shard_from_env`,
+    announced; an error when none are set); ``none`` or absent: the whole scene.
+
+    Sharding is never implied: one scene per SLURM array task (or per torchrun rank) is the
+    common use of those variables, and a silently sharded run would write a part with a fraction
+    of the scene instead of the map asked for. When such variables are set but not used, a note
+    says so.
+    """
+    env = os.environ if environ is None else environ
+    text = None if option is None else option.strip().lower()
+    if text == _AUTO:
+        found = shard_from_env(env)
+        if found is None:
+            raise ConfigError("--shard auto: no SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT or "
+                              "RANK/WORLD_SIZE in the environment",
+                              hint="pass --shard INDEX/COUNT")
+        shard, where = found
+        console.note(f"predicting shard {shard} ({where}) into part files for s2fin merge")
+        return shard
+    if text is not None and text not in _NO_SHARD:
+        return Shard.parse(option or "")
+    if text is None:
+        present = [name for name in _SCHEDULER_VARS if name in env]
+        if present:
+            console.note(f"{', '.join(present)} set: predicting the whole scene (pass --shard "
+                         "auto to split it over the array's tasks)")
+    return None
 
 
 def part_path(path: Path, shard: Shard) -> Path:

@@ -96,8 +96,8 @@ def predict(
         typer.Option("--shard", metavar="I/N", show_default=False,
                      help="Classify only shard I of N (0-based: 0/8 .. 7/8; block k belongs to "
                      "shard k % N) into part files SCENE.classes.part-000I-of-000N.tif, to join "
-                     "with `s2fin merge`. Default: from SLURM_ARRAY_TASK_ID/COUNT, else "
-                     "RANK/WORLD_SIZE, when set; 'none': the whole scene."),
+                     "with `s2fin merge`. 'auto': I/N from SLURM_ARRAY_TASK_ID/COUNT, else "
+                     "RANK/WORLD_SIZE. Default: the whole scene."),
     ] = None,
     json_output: JsonOutput = False,
 ) -> None:

@@ -110,8 +110,14 @@ def test_resolve_shard_option_env_and_none(capsys: pytest.CaptureFixture[str]) -
     assert resolve_shard("1/4", env) == Shard(1, 4)  # the option wins
     assert resolve_shard("none", env) is None
     assert resolve_shard(None, {}) is None
-    assert resolve_shard(None, env) == Shard(2, 3)
+    assert capsys.readouterr().err == ""
+    # The environment alone never shards: one scene per array task is the common use.
+    assert resolve_shard(None, env) is None
+    assert "--shard auto" in capsys.readouterr().err
+    assert resolve_shard("auto", env) == Shard(2, 3)
     assert "SLURM_ARRAY_TASK_ID=2" in capsys.readouterr().err  # announced
+    with pytest.raises(ConfigError, match="--shard auto"):
+        resolve_shard("auto", {})
 
 
 @given(st.integers(1, 70), st.integers(1, 70), st.integers(1, 20), st.integers(1, 9))

@@ -72,8 +72,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             assert report["shard"] == shard and report["style"] is None
             assert report["output"].endswith(f"map.part-000{shard[0]}-of-0003.tif")
         # shard 1 from a SLURM array --array=1-3 (task ids 1, 2, 3 are shards 0, 1, 2)
-        result = invoke(r.predict_args(), SLURM_ARRAY_TASK_ID="2", SLURM_ARRAY_TASK_COUNT="3",
-                        SLURM_ARRAY_TASK_MIN="1")
+        result = invoke(r.predict_args("--shard", "auto"), SLURM_ARRAY_TASK_ID="2",
+                        SLURM_ARRAY_TASK_COUNT="3", SLURM_ARRAY_TASK_MIN="1")
         assert result.exit_code == 0, result.output
         assert "predicting shard 1/3 (SLURM_ARRAY_TASK_ID=2" in result.stderr
     yield r

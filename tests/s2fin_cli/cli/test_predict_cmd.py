@@ -235,7 +235,7 @@ def test_shard_from_rank_and_world_size(tmp_path: Path, scene: Path, model: Path
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     result = runner.invoke(app, ["predict", str(scene), "-m", str(model), "--block-size", "8",
-                                 "--json"])
+                                 "--json", "--shard", "auto"])
     assert result.exit_code == 0, result.output
     assert "predicting shard 1/2 (RANK=1, WORLD_SIZE=2)" in result.stderr
     report = json.loads(result.stdout)["scenes"][0]
@@ -247,3 +247,18 @@ def test_shard_from_rank_and_world_size(tmp_path: Path, scene: Path, model: Path
         assert "S2FIN_SHARD" in ds.tags() and _grid(part).same_as(GRID)
     assert not (tmp_path / "scene.classes.tif").exists()
     assert not (tmp_path / "scene.classes.part-0001-of-0002.qml").exists()
+
+
+def test_scheduler_variables_alone_never_shard(tmp_path: Path, scene: Path, model: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """One scene per SLURM array task: the map asked for is written whole, with a note."""
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
+    out = tmp_path / "scene1.tif"
+    result = runner.invoke(app, ["predict", str(scene), "-m", str(model), "-o", str(out),
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    assert "predicting the whole scene" in result.stderr and "--shard auto" in result.stderr
+    report = json.loads(result.stdout)["scenes"][0]
+    assert report["shard"] is None and report["pixels"] == GRID.width * GRID.height
+    assert out.exists() and not list(tmp_path.glob("*.part-*"))
