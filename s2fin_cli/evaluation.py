@@ -262,6 +262,7 @@ def evaluate_model(
     device: torch.device | str = "cpu",
     batch_size: int = MODEL_BATCH_SIZE,
     model_path: str | os.PathLike[str] | None = None,
+    skip_value_check: bool = False,
 ) -> Evaluation:
     """Assess a model on a scene, predicting only at the labelled pixels of ``labels_path``.
 
@@ -269,6 +270,7 @@ def evaluate_model(
     prediction (counted as errors, as in a map written by ``s2fin predict``).
     """
     bundle.check_scene(scene)
+    bundle.check_values(scene, skip=skip_value_check)
     table = bundle.classes
     reference = read_reference(labels_path, scene.grid, table, what="model",
                                label_field=label_field, exclude_unknown=exclude_unknown)

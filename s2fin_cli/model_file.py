@@ -35,6 +35,7 @@ from s2fin_cli.io.reader import Scene
 from s2fin_cli.io.writer import atomic_output
 from s2fin_cli.patches import PatchGeometry
 from s2fin_cli.preprocessing import Preprocessor
+from s2fin_cli.values import ValueSummary, check_values, summarize_scene
 
 FORMAT_NAME = "s2fin-model"
 FORMAT_VERSION = 1
@@ -100,12 +101,17 @@ class ModalitySpec:
     bands: int
     band_names: tuple[str, ...]
     nodata: float | None
+    # What the training data's values looked like (absent in files of s2fin before 0.2).
+    values: ValueSummary | None = None
 
     def to_json(self) -> dict[str, Any]:
         # JSON has no NaN: a NaN nodata (common for float rasters) is stored as null.
         nodata = self.nodata if self.nodata is None or math.isfinite(self.nodata) else None
-        return {"kind": self.kind, "bands": self.bands, "band_names": list(self.band_names),
-                "nodata": nodata}
+        out = {"kind": self.kind, "bands": self.bands, "band_names": list(self.band_names),
+               "nodata": nodata}
+        if self.values is not None:
+            out["values"] = self.values.to_json()
+        return out
 
     @classmethod
     def from_json(cls, data: Any) -> ModalitySpec:
@@ -120,7 +126,9 @@ class ModalitySpec:
             raise ValueError(f"bad band names for modality {kind}")
         if nodata is not None and not isinstance(nodata, int | float):
             raise ValueError(f"bad nodata for modality {kind}")
-        return cls(kind, bands, tuple(names), None if nodata is None else float(nodata))
+        values = data.get("values")
+        return cls(kind, bands, tuple(names), None if nodata is None else float(nodata),
+                   None if values is None else ValueSummary.from_json(values, bands))
 
 
 @dataclass
@@ -161,6 +169,15 @@ class ModelBundle:
             raise CompatibilityError(
                 f"the model expects {self.aux.bands} {self.aux.kind} band(s) and the scene has "
                 f"{scene.aux.count}")
+
+    def check_values(self, scene: Scene, *, skip: bool = False) -> None:
+        """Refuse a scene whose values do not look like the training data's (another scale or
+        unit; see :mod:`s2fin_cli.values`); ``skip`` turns the refusal into a warning."""
+        if self.optical.values is None and self.aux.values is None:
+            return  # a model file from before value summaries
+        optical, aux = summarize_scene(scene)
+        check_values("optical", self.optical.values, optical, skip=skip)
+        check_values(self.aux.kind, self.aux.values, aux, skip=skip)
 
     def metadata_json(self) -> dict[str, Any]:
         return {

@@ -142,13 +142,16 @@ def _quiet() -> Iterator[None]:
         console.set_verbosity(level)
 
 
-def check_jobs(jobs: list[Job], bundle: ModelBundle, aux_bands: int | None) -> None:
-    """Open every scene, check it against the model, and check every output path."""
+def check_jobs(jobs: list[Job], bundle: ModelBundle, aux_bands: int | None, *,
+               skip_value_check: bool = False) -> None:
+    """Open every scene, check it against the model (bands, modality, values), and check every
+    output path."""
     seen: dict[Path, Path] = {}
     for job in jobs:
         with job.open(aux_bands) as scene:
             try:
                 bundle.check_scene(scene)
+                bundle.check_values(scene, skip=skip_value_check)
             except S2finError as exc:
                 if len(jobs) == 1:
                     raise

@@ -28,6 +28,7 @@ from s2fin_cli.cli.options import (
     LidarPath,
     Overwrite,
     SarPath,
+    SkipValueCheck,
     Threads,
 )
 from s2fin_cli.errors import ConfigError, OutputError
@@ -119,6 +120,7 @@ def evaluate(
         int, typer.Option("--block-size", min=1, help="Map mode: side of the blocks of map and "
                           "labels read at a time (memory follows it).")
     ] = MAP_READ_BLOCK,
+    skip_value_check: SkipValueCheck = False,
 ) -> None:
     """Accuracy of a class map (or of a model at labelled pixels) against reference labels."""
     model_mode = model is not None
@@ -136,7 +138,8 @@ def evaluate(
     if model_mode:
         assert model is not None
         evaluation = _evaluate_model(model, input_path, hsi, lidar, sar, aux_bands, labels,
-                                     label_field, exclude_unknown, device, threads, batch_size)
+                                     label_field, exclude_unknown, device, threads, batch_size,
+                                     skip_value_check)
     else:
         assert input_path is not None
         from s2fin_cli.evaluation import evaluate_map
@@ -164,7 +167,7 @@ def evaluate(
 def _evaluate_model(model: Path, scene_path: Path | None, hsi: Path | None, lidar: Path | None,
                     sar: Path | None, aux_bands: int | None, labels: Path,
                     label_field: str | None, exclude_unknown: bool, device: str,
-                    threads: int | None, batch_size: int) -> Evaluation:
+                    threads: int | None, batch_size: int, skip_value_check: bool) -> Evaluation:
     from s2fin_cli.device import cpu_threads, select_device
     from s2fin_cli.evaluation import evaluate_model
     from s2fin_cli.io.reader import open_scene_from_options
@@ -177,7 +180,8 @@ def _evaluate_model(model: Path, scene_path: Path | None, hsi: Path | None, lida
         with cpu_threads(threads):
             return evaluate_model(bundle, scene, labels, label_field=label_field,
                                   exclude_unknown=exclude_unknown, device=torch_device,
-                                  batch_size=batch_size, model_path=model)
+                                  batch_size=batch_size, model_path=model,
+                                  skip_value_check=skip_value_check)
 
 
 def _write_outputs(evaluation: Evaluation, csv: Path | None, figures: Path | None,

@@ -54,3 +54,8 @@ LabelField = Annotated[
     typer.Option("--label-field", help="Attribute holding the class of vector labels (integer "
                  "ids, or names that become ids 1..N)."),
 ]
+SkipValueCheck = Annotated[
+    bool,
+    typer.Option("--skip-value-check", help="Classify even when the scene's values do not look "
+                 "like the training data's (another scale or unit): a warning instead of exit 7."),
+]

@@ -25,6 +25,7 @@ from s2fin_cli.cli.options import (
     LidarPath,
     Overwrite,
     SarPath,
+    SkipValueCheck,
     Threads,
 )
 from s2fin_cli.device import cpu_threads, select_device
@@ -99,6 +100,7 @@ def predict(
                      "with `s2fin merge`. 'auto': I/N from SLURM_ARRAY_TASK_ID/COUNT, else "
                      "RANK/WORLD_SIZE. Default: the whole scene."),
     ] = None,
+    skip_value_check: SkipValueCheck = False,
     json_output: JsonOutput = False,
 ) -> None:
     """Classify scenes with a trained model into styled, georeferenced class maps."""
@@ -114,7 +116,7 @@ def predict(
                             overwrite=overwrite)
     jobs = plan_jobs(scene_paths, hsi, lidar, sar, request, tags=prediction_tags(model_path),
                      shard=shard)
-    check_jobs(jobs, bundle, aux_bands)
+    check_jobs(jobs, bundle, aux_bands, skip_value_check=skip_value_check)
     cache = gdal_cache_bytes(jobs, block_size + 2 * bundle.geometry.halo)
     options = RunOptions(select_device(device), batch_size=batch_size, block_size=block_size,
                          aux_bands=aux_bands, shard=shard, progress=not json_output)

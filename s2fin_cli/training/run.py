@@ -77,6 +77,7 @@ from s2fin_cli.training.report import (
 from s2fin_cli.training.settings import NetworkOptions, TrainSettings
 from s2fin_cli.training.steps import evaluate_patch_set
 from s2fin_cli.training_data import PatchSet, extract_patch_set
+from s2fin_cli.values import summarize_scene
 
 
 @dataclass
@@ -197,12 +198,13 @@ def _train(request: TrainRequest, device: torch.device, protocol: Protocol, ctx:
         if ctx.is_main:
             validation, test = _score(model, scene, selection.split, val_set, test_samples, pre,
                                       config, classes, device)
+        optical_values, aux_values = summarize_scene(scene, seed=settings.seed)
         bundle = ModelBundle(
             config=config, state_dict=result.best_state, preprocessor=pre, classes=classes,
             optical=ModalitySpec("optical", scene.optical.count, scene.optical.band_names,
-                                 json_safe(scene.optical.nodata)),
+                                 json_safe(scene.optical.nodata), optical_values),
             aux=ModalitySpec(scene.aux_kind, scene.aux.count, scene.aux.band_names,
-                             json_safe(scene.aux.nodata)),
+                             json_safe(scene.aux.nodata), aux_values),
             provenance=json_safe(_provenance(request, protocol, inputs, selection, result,
                                              val_set is not None, device, ctx, t_start)),
             metrics=json_safe(_metrics(validation, test)),

@@ -2,6 +2,8 @@
 
 - A SLURM array or torchrun environment never shards a prediction by itself (one scene per task
   is the common use of arrays): the map asked for is written whole, with a note.
+- A scene in another value encoding than the training data (reflectance x 10000 vs 0..1) is
+  refused before any work (exit 7) by predict and evaluate -m, unless --skip-value-check.
 """
 
 from __future__ import annotations
@@ -11,14 +13,19 @@ from pathlib import Path
 
 import rasterio
 
+from tests.helpers import scene_arrays, write_stacked
 from tests.reliability.harness import (
+    BANDS,
     PREDICT_FAST,
     SIZE,
     TinyData,
+    assert_nothing_new,
     assert_ok,
     assert_user_error,
+    class_stripes,
     cli_env,
     run_cli,
+    snapshot,
 )
 
 
@@ -45,3 +52,28 @@ def test_shard_auto_reads_the_array_and_needs_one(tiny: TinyData, out_dir: Path)
                       "--shard", "auto", *PREDICT_FAST])
     assert_user_error(result, 9, match="--shard auto")
     assert not (out_dir / "other.tif").exists()
+
+
+def test_a_scene_in_another_scale_is_refused_before_any_work(tiny: TinyData, tmp_path: Path,
+                                                             out_dir: Path) -> None:
+    optical, aux = scene_arrays(SIZE, SIZE, BANDS, 1, seed=3)  # the tiny scene's own arrays
+    optical = (optical + class_stripes()[None]) * 10_000.0
+    scaled = write_stacked(tmp_path / "scaled.tif", optical, aux, tiny.grid)
+    before = snapshot(out_dir)
+    result = run_cli(["predict", scaled, "-m", tiny.model, "-o", out_dir / "map.tif",
+                      *PREDICT_FAST])
+    assert_user_error(result, 7, match="do not look like the training data")
+    assert "--skip-value-check" in result.stderr
+    assert_nothing_new(before, out_dir)
+    result = run_cli(["evaluate", "-m", tiny.model, scaled, "--labels", tiny.test_labels,
+                      "--device", "cpu"])
+    assert_user_error(result, 7, match="optical values")
+    result = run_cli(["predict", scaled, "-m", tiny.model, "-o", out_dir / "map.tif",
+                      "--skip-value-check", *PREDICT_FAST])
+    assert_ok(result)
+    assert "classifying anyway" in result.stderr and (out_dir / "map.tif").exists()
+    # The training scene itself passes without a word about values.
+    result = run_cli(["predict", tiny.scene, "-m", tiny.model, "-o", out_dir / "same.tif",
+                      *PREDICT_FAST])
+    assert_ok(result)
+    assert "training data" not in result.stderr
