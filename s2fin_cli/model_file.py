@@ -15,6 +15,7 @@ whatever the file holds. Everything in the metadata is validated before a networ
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -24,13 +25,14 @@ from typing import Any, TypedDict, cast
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import save_file
 from torch import Tensor
 
 from models import S2Fin, S2FinConfig, parameter_table
 from s2fin_cli.classes import ClassTable
 from s2fin_cli.errors import CompatibilityError, InputError, ModelFileError
-from s2fin_cli.hashing import tensors_digest
+from s2fin_cli.hashing import file_sha256, tensors_digest
 from s2fin_cli.io.reader import Scene
 from s2fin_cli.io.writer import atomic_output
 from s2fin_cli.patches import PatchGeometry
@@ -143,6 +145,8 @@ class ModelBundle:
     aux: ModalitySpec
     provenance: Provenance = field(default_factory=lambda: Provenance())
     metrics: ModelMetrics = field(default_factory=lambda: ModelMetrics())
+    # SHA-256 of the file it was loaded from (None for a bundle built in memory).
+    file_sha256: str | None = None
 
     @property
     def geometry(self) -> PatchGeometry:
@@ -222,19 +226,26 @@ def save_model_file(path: str | os.PathLike[str], bundle: ModelBundle, *,
     return final
 
 
-def _read_raw(path: Path) -> tuple[dict[str, str], dict[str, Tensor]]:
+# A model file read from a pipe (``-m <(cat model.s2fin)``) is held in memory: at most this big.
+MAX_STREAMED_MODEL_BYTES = 1 << 30
+
+
+def _read_raw(path: Path) -> tuple[dict[str, str], dict[str, Tensor], str]:
+    """The metadata, the tensors and the SHA-256 of the bytes read."""
     if not path.exists():
         raise InputError(f"model file {path} does not exist",
                          hint="train one with s2fin train, or pass -m PATH")
     if path.is_dir():
         raise InputError(f"model file {path} is a directory")
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            if metadata.get("format") != FORMAT_NAME:
-                raise ModelFileError(f"{path.name} is a safetensors file without s2fin metadata",
-                                     hint="only files written by s2fin train can be loaded")
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        if path.is_file():
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                metadata = f.metadata() or {}
+                _check_format(path, metadata)
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
+            sha256 = file_sha256(path)
+        else:  # a pipe or another stream: safetensors maps files, so read it into memory
+            metadata, tensors, sha256 = _read_stream(path)
     except SafetensorError as exc:
         raise ModelFileError(f"{path.name} is not an s2fin model file (not readable as "
                              f"safetensors: {str(exc).splitlines()[0]})",
@@ -244,13 +255,39 @@ def _read_raw(path: Path) -> tuple[dict[str, str], dict[str, Tensor]]:
         raise ModelFileError(f"{path.name} cannot be read as an s2fin model file: "
                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                              ) from None
-    return metadata, tensors
+    return metadata, tensors, sha256
+
+
+def _check_format(path: Path, metadata: dict[str, str]) -> None:
+    if metadata.get("format") != FORMAT_NAME:
+        raise ModelFileError(f"{path.name} is a safetensors file without s2fin metadata",
+                             hint="only files written by s2fin train can be loaded")
+
+
+def _read_stream(path: Path) -> tuple[dict[str, str], dict[str, Tensor], str]:
+    """A safetensors stream: 8 bytes of header length, the JSON header, the tensor bytes."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_STREAMED_MODEL_BYTES + 1)
+    if len(data) > MAX_STREAMED_MODEL_BYTES:
+        raise ModelFileError(f"{path.name} is a stream larger than "
+                             f"{MAX_STREAMED_MODEL_BYTES >> 20} MB", hint="pass a file")
+    if len(data) < 8:
+        raise ValueError("the stream is too short for a safetensors header")
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size]) if 8 + size <= len(data) else None
+    if not isinstance(header, dict):
+        raise ValueError("truncated or invalid safetensors header")
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise ValueError("invalid safetensors metadata")
+    _check_format(path, metadata)
+    return metadata, safetensors_load(data), hashlib.sha256(data).hexdigest()
 
 
 def load_model_file(path: str | os.PathLike[str]) -> ModelBundle:
     """Read and validate a model file; every problem is a one-line :class:`ModelFileError`."""
     p = Path(path)
-    metadata, tensors = _read_raw(p)
+    metadata, tensors, sha256 = _read_raw(p)
     version_text = metadata.get("format_version", "")
     if not version_text.isdigit():
         raise ModelFileError(f"{p.name} has no valid format version")
@@ -285,7 +322,8 @@ def load_model_file(path: str | os.PathLike[str]) -> ModelBundle:
     if problems:
         raise ModelFileError(f"{p.name} is inconsistent: {'; '.join(problems)}")
     state = {k[len(_MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(_MODEL_PREFIX)}
-    bundle = ModelBundle(config, state, pre, classes, optical, aux, provenance, metrics)
+    bundle = ModelBundle(config, state, pre, classes, optical, aux, provenance, metrics,
+                         file_sha256=sha256)
     try:
         bundle.build_model("cpu")
     except RuntimeError as exc:

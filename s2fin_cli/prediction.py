@@ -92,10 +92,10 @@ def _target(given: Path | None, source: Path, kind: str, several: bool,
     return given
 
 
-def prediction_tags(model_path: Path) -> dict[str, str]:
+def prediction_tags(model_path: Path, bundle: ModelBundle) -> dict[str, str]:
     """The tags every output of a prediction carries: the model and the software."""
-    return {**model_tags(model_path, file_sha256(model_path)),
-            "S2FIN_SOFTWARE": f"s2fin {__version__}"}
+    sha256 = bundle.file_sha256 or file_sha256(model_path)
+    return {**model_tags(model_path, sha256), "S2FIN_SOFTWARE": f"s2fin {__version__}"}
 
 
 def plan_jobs(scenes: list[Path], hsi: Path | None, lidar: Path | None, sar: Path | None,

@@ -114,8 +114,8 @@ def predict(
     request = OutputRequest(output, probabilities, confidence, cog=cog,
                             creation_options=parse_creation_options(co or []),
                             overwrite=overwrite)
-    jobs = plan_jobs(scene_paths, hsi, lidar, sar, request, tags=prediction_tags(model_path),
-                     shard=shard)
+    jobs = plan_jobs(scene_paths, hsi, lidar, sar, request,
+                     tags=prediction_tags(model_path, bundle), shard=shard)
     check_jobs(jobs, bundle, aux_bands, skip_value_check=skip_value_check)
     cache = gdal_cache_bytes(jobs, block_size + 2 * bundle.geometry.halo)
     options = RunOptions(select_device(device), batch_size=batch_size, block_size=block_size,

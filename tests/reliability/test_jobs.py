@@ -2,13 +2,18 @@
 
 - A SLURM array or torchrun environment never shards a prediction by itself (one scene per task
   is the common use of arrays): the map asked for is written whole, with a note.
+- A model file given as a pipe (``-m <(cat model.s2fin)``) is read from the stream, and the
+  map's model checksum is that of the bytes read.
 - A scene in another value encoding than the training data (reflectance x 10000 vs 0..1) is
   refused before any work (exit 7) by predict and evaluate -m, unless --skip-value-check.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import threading
 from pathlib import Path
 
 import rasterio
@@ -77,3 +82,22 @@ def test_a_scene_in_another_scale_is_refused_before_any_work(tiny: TinyData, tmp
                       *PREDICT_FAST])
     assert_ok(result)
     assert "training data" not in result.stderr
+
+
+def test_a_model_from_a_pipe(tiny: TinyData, tmp_path: Path, out_dir: Path) -> None:
+    fifo = tmp_path / "model.pipe"
+    os.mkfifo(fifo)
+    data = tiny.model.read_bytes()
+
+    def feed() -> None:
+        with open(fifo, "wb") as f:
+            f.write(data)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    out = out_dir / "map.tif"
+    result = run_cli(["predict", tiny.scene, "-m", fifo, "-o", out, *PREDICT_FAST])
+    writer.join(timeout=10)
+    assert_ok(result)
+    with rasterio.open(out) as ds:
+        assert ds.tags()["S2FIN_MODEL_SHA256"] == hashlib.sha256(data).hexdigest()
