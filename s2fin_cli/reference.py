@@ -1,4 +1,5 @@
-"""Reference labels against a class table: the one rule that matches their classes.
+"""Reference labels against a class table: the one rule that matches their classes, and the
+merge of several label files into one set of training labels.
 
 Used wherever labels are compared with the classes of a model or a map (``s2fin train
 --test-labels``, ``s2fin evaluate`` in both modes):
@@ -16,17 +17,25 @@ Used wherever labels are compared with the classes of a model or a map (``s2fin 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from s2fin_cli import console
-from s2fin_cli.classes import ClassTable
+from s2fin_cli.classes import ClassInfo, ClassTable, default_color
 from s2fin_cli.errors import LabelError
 from s2fin_cli.io.grid import Grid
-from s2fin_cli.io.labels import MAX_CLASS_ID, LabelSource, VectorLabels, open_labels
+from s2fin_cli.io.labels import (
+    MAX_CLASS_ID,
+    VECTOR_SUFFIXES,
+    LabelPoints,
+    LabelSource,
+    VectorLabels,
+    open_labels,
+    read_label_points,
+)
 from s2fin_cli.sampling import Samples
 
 
@@ -150,12 +159,91 @@ def read_reference(path: str | os.PathLike[str], grid: Grid, target: ClassTable,
     return ReferenceSamples(samples, by_name, excluded, names)
 
 
+def merge_label_sources(paths: Sequence[str | os.PathLike[str]], grid: Grid, *,
+                        label_field: str | None = None) -> tuple[LabelPoints, ClassTable]:
+    """The labelled pixels of several label files on ``grid`` as one set (``s2fin train
+    --labels A --labels B``: the original labels plus the points an analyst labelled).
+
+    The first file's classes come first; a later file's classes are matched by the rule of this
+    module (by id, or by name for a class-name field, where a new name gets the next free id).
+    ``label_field`` applies to the vector files among them. A pixel labelled twice with one
+    class counts once; with two classes it is a
+    :class:`LabelError` (exit 5) naming how many pixels and where. A file without a labelled
+    pixel on the grid is a :class:`LabelError` (so is a merged set with none).
+    """
+    if len(paths) == 1:
+        return read_label_points(paths[0], grid, label_field=label_field)
+    table: ClassTable | None = None
+    parts: list[tuple[Path, LabelPoints]] = []
+    for path in map(Path, paths):
+        field = label_field if path.suffix.lower() in VECTOR_SUFFIXES else None  # vectors only
+        with open_labels(path, grid, label_field=field) as source:
+            points = source.points()
+            by_name = matches_by_name(source)
+            source_table = source.class_table(points.classes)
+        if len(points) == 0:
+            raise LabelError(f"{path.name} has no labelled pixel on the scene grid",
+                             hint="0 means unlabeled; check the extent and CRS of the labels")
+        if table is None:
+            table = source_table
+        else:
+            table, lut = _join_classes(table, source_table, by_name=by_name)
+            points = LabelPoints(points.rows, points.cols, lut[points.classes])
+        parts.append((path, points))
+    assert table is not None
+    return _merge_points(parts, grid), table
+
+
+def _join_classes(table: ClassTable, other: ClassTable, *, by_name: bool
+                  ) -> tuple[ClassTable, np.ndarray]:
+    """``table`` with ``other``'s classes added, and the lookup of ``other``'s ids into it."""
+    lut = label_lookup(table, other, by_name=by_name, what="first labels")
+    classes = list(table)
+    known = {c.id for c in classes}
+    for c in other:
+        if lut[c.id] >= 0:
+            continue
+        new_id = c.id if not by_name and c.id not in known else max(known | {0}) + 1
+        classes.append(ClassInfo(new_id, c.name, c.color if new_id == c.id else
+                                 default_color(new_id)))
+        known.add(new_id)
+        lut[c.id] = new_id
+    return ClassTable(tuple(classes)), lut
+
+
+def _merge_points(parts: list[tuple[Path, LabelPoints]], grid: Grid) -> LabelPoints:
+    rows = np.concatenate([p.rows for _, p in parts])
+    cols = np.concatenate([p.cols for _, p in parts])
+    classes = np.concatenate([p.classes for _, p in parts])
+    origin = np.concatenate([np.full(len(p), i) for i, (_, p) in enumerate(parts)])
+    key = rows * grid.width + cols
+    order = np.lexsort((classes, key))
+    key, classes, rows, cols, origin = (a[order] for a in (key, classes, rows, cols, origin))
+    same_pixel = key[1:] == key[:-1]
+    clash = same_pixel & (classes[1:] != classes[:-1])
+    if clash.any():
+        first = int(np.flatnonzero(clash)[0])
+        a, b = parts[int(origin[first])][0], parts[int(origin[first + 1])][0]
+        raise LabelError(
+            f"{int(clash.sum())} pixel(s) carry two different classes in the label files, e.g. "
+            f"row {int(rows[first])}, col {int(cols[first])}: class {int(classes[first])} in "
+            f"{a.name} and {int(classes[first + 1])} in {b.name}",
+            hint="fix or remove one of the two labels")
+    keep = np.concatenate([[True], ~same_pixel])
+    duplicates = int((~keep).sum())
+    if duplicates:
+        console.note(f"{duplicates} pixel(s) are labelled alike in several label files: "
+                     "counted once")
+    return LabelPoints(rows[keep], cols[keep], classes[keep])
+
+
 __all__ = [
     "ReferenceSamples",
     "class_names",
     "is_default_name",
     "label_lookup",
     "matches_by_name",
+    "merge_label_sources",
     "read_reference",
     "settle_unknown",
 ]

@@ -48,9 +48,11 @@ _N = NetworkOptions()
 def train(
     ctx: typer.Context,
     labels: Annotated[
-        Path,
+        list[Path],
         typer.Option("--labels", help="Training labels: a class raster (0 = unlabeled) or "
-                     "vectors (GeoJSON/Shapefile/GeoPackage)."),
+                     "vectors (GeoJSON/Shapefile/GeoPackage). Repeat it to merge several files "
+                     "(e.g. the labels and the points labelled after s2fin suggest); a pixel "
+                     "with two different classes is refused."),
     ],
     scene: Annotated[
         Path | None,
@@ -158,7 +160,7 @@ def train(
                              weight_decay=weight_decay, warmup_epochs=warmup_epochs,
                              patience=patience, seed=seed, augment=not no_augment)
     request = TrainRequest(
-        labels=labels, scene=scene, hsi=hsi, lidar=lidar, sar=sar, aux_bands=aux_bands,
+        labels=tuple(labels), scene=scene, hsi=hsi, lidar=lidar, sar=sar, aux_bands=aux_bands,
         label_field=label_field, test_labels=test_labels, output=output, overwrite=overwrite,
         per_class=per_class, train_fraction=train_fraction, val_fraction=val_fraction,
         split_block=split_block,

@@ -35,7 +35,6 @@ from s2fin_cli.device import cpu_threads, select_device
 from s2fin_cli.distributed import LOCAL, DistContext, RunContext
 from s2fin_cli.errors import ConfigError, LabelError
 from s2fin_cli.hashing import arrays_digest, file_sha256
-from s2fin_cli.io.labels import read_label_points
 from s2fin_cli.io.reader import Scene, open_scene_from_options
 from s2fin_cli.io.writer import check_output_path, write_text
 from s2fin_cli.metrics import AccuracyReport
@@ -50,7 +49,7 @@ from s2fin_cli.model_file import (
 )
 from s2fin_cli.patches import PatchGeometry
 from s2fin_cli.preprocessing import Preprocessor, fit_preprocessor
-from s2fin_cli.reference import read_reference
+from s2fin_cli.reference import merge_label_sources, read_reference
 from s2fin_cli.sampling import (
     DEFAULT_SPLIT_BLOCK,
     DEFAULT_VAL_FRACTION,
@@ -84,7 +83,7 @@ from s2fin_cli.values import summarize_scene
 class TrainRequest:
     """Everything ``s2fin train`` is asked to do (paths and options)."""
 
-    labels: Path
+    labels: Path | tuple[Path, ...]  # several files are merged (reference.merge_label_sources)
     scene: Path | None = None
     hsi: Path | None = None
     lidar: Path | None = None
@@ -118,6 +117,12 @@ class TrainSummary:
     split_rows: list[dict[str, Any]]
     wall_seconds: float
     history: list[dict[str, Any]]
+
+
+def label_paths(request: TrainRequest) -> tuple[Path, ...]:
+    """The training label files of a request (one or several)."""
+    labels = request.labels
+    return tuple(map(Path, labels)) if isinstance(labels, tuple | list) else (Path(labels),)
 
 
 def report_path_for(output: Path) -> Path:
@@ -221,12 +226,13 @@ def _select_samples(request: TrainRequest, scene: Scene, protocol: Protocol,
                     ctx: RunContext) -> _Selection:
     """Labels → classes → labelled pixels on data → the protocol's budget → blocked split."""
     settings = request.settings
-    points, table = read_label_points(request.labels, scene.grid,
-                                      label_field=request.label_field)
+    points, table = merge_label_sources(label_paths(request), scene.grid,
+                                        label_field=request.label_field)
     present = set(np.unique(points.classes).tolist())
     classes = ClassTable(tuple(c for c in table if c.id in present))
     if len(classes) < 2:
-        raise LabelError(f"{Path(request.labels).name} holds {len(classes)} class(es); "
+        names = ", ".join(p.name for p in label_paths(request))
+        raise LabelError(f"{names} hold(s) {len(classes)} class(es); "
                          "training needs at least 2")
     labelled, dropped_nodata = drop_invalid_centres(Samples.from_points(points), scene)
     if dropped_nodata:
@@ -273,7 +279,8 @@ def _input_files(request: TrainRequest, scene: Scene) -> dict[str, InputFile]:
     else:
         files["optical"] = scene.optical.path
         files[scene.aux_kind] = scene.aux.path
-    files["labels"] = Path(request.labels)
+    for i, path in enumerate(label_paths(request)):
+        files["labels" if i == 0 else f"labels_{i + 1}"] = path
     if request.test_labels is not None:
         files["test_labels"] = Path(request.test_labels)
     return {k: {"path": str(p), "name": p.name, "sha256": file_sha256(p)}

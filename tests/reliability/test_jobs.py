@@ -4,6 +4,8 @@
   is the common use of arrays): the map asked for is written whole, with a note.
 - A model file given as a pipe (``-m <(cat model.s2fin)``) is read from the stream, and the
   map's model checksum is that of the bytes read.
+- ``train --labels A --labels B`` merges label files; a pixel with two classes is exit 5, before
+  any training and with nothing written.
 - A scene in another value encoding than the training data (reflectance x 10000 vs 0..1) is
   refused before any work (exit 7) by predict and evaluate -m, unless --skip-value-check.
 """
@@ -16,6 +18,7 @@ import os
 import threading
 from pathlib import Path
 
+import numpy as np
 import rasterio
 
 from tests.helpers import scene_arrays, write_stacked
@@ -23,6 +26,7 @@ from tests.reliability.harness import (
     BANDS,
     PREDICT_FAST,
     SIZE,
+    TINY_TRAIN,
     TinyData,
     assert_nothing_new,
     assert_ok,
@@ -101,3 +105,28 @@ def test_a_model_from_a_pipe(tiny: TinyData, tmp_path: Path, out_dir: Path) -> N
     assert_ok(result)
     with rasterio.open(out) as ds:
         assert ds.tags()["S2FIN_MODEL_SHA256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_merged_training_labels_and_conflicts(tiny: TinyData, tmp_path: Path,
+                                             out_dir: Path) -> None:
+    with rasterio.open(tiny.labels) as ds:
+        labels, profile = ds.read(1), ds.profile
+    rows, cols = np.nonzero(labels)
+    extra = np.zeros_like(labels)
+    extra[rows[0], cols[0]] = labels[rows[0], cols[0]] % 3 + 1  # another class, same pixel
+    conflicting = tmp_path / "extra.tif"
+    with rasterio.open(conflicting, "w", **profile) as ds:
+        ds.write(extra, 1)
+    before = snapshot(out_dir)
+    result = run_cli(["train", tiny.scene, "--labels", tiny.labels, "--labels", conflicting,
+                      "-o", out_dir / "m.s2fin", *TINY_TRAIN])
+    assert_user_error(result, 5, match="two different classes")
+    assert_nothing_new(before, out_dir)
+    alike = tmp_path / "alike.tif"
+    extra[rows[0], cols[0]] = labels[rows[0], cols[0]]
+    with rasterio.open(alike, "w", **profile) as ds:
+        ds.write(extra, 1)
+    result = run_cli(["train", tiny.scene, "--labels", tiny.labels, "--labels", alike,
+                      "-o", out_dir / "m.s2fin", *TINY_TRAIN])
+    assert_ok(result)
+    assert "counted once" in result.stderr
