@@ -40,7 +40,9 @@ _URBAN_CLASSES = (
               "the road's asphalt 4-25 m up: only the height (LiDAR) separates it"),
     ClassSpec("roof_concrete", "Roof (concrete)", (235, 170, 150),
               "bright flat roof; spectrally the membrane roof's twin"),
-    ClassSpec("roof_membrane", "Roof (membrane)", (245, 205, 70),
+    # Light grey-white (was #f5cd46, a yellow CIEDE2000 5.9 from Row crops): every preset's
+    # closest pair of colours is at least 15 apart (tests/reliability/test_io_findings.py).
+    ClassSpec("roof_membrane", "Roof (membrane)", (225, 225, 235),
               "the concrete continuum plus narrow C-H absorptions (915, 1210, 1730, 2310 nm): "
               "only fine spectral detail separates it"),
     ClassSpec("trees", "Trees", (25, 100, 35),
@@ -73,7 +75,7 @@ _AGRI_CLASSES = (
     ClassSpec("soil_clay", "Bare soil (clay)", (160, 110, 60),
               "the same soil continuum as the calcareous soil; a narrow Al-OH absorption at "
               "2205 nm only"),
-    ClassSpec("soil_carbonate", "Bare soil (calcareous)", (210, 190, 150),
+    ClassSpec("soil_carbonate", "Bare soil (calcareous)", (230, 225, 205),
               "the clay soil's continuum; a narrow carbonate absorption at 2338 nm only"),
     ClassSpec("forest", "Forest", (25, 100, 35),
               "leaves like meadow; tall rough canopy (SAR volume scattering)"),
