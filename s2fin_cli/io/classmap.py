@@ -254,7 +254,8 @@ class ClassMapWriter:
                          str(profile.get("nbits")) if "nbits" in profile else None)
         self._rasters[key] = raster
         if o.cog:
-            check_copy_options("COG", self._cog_options(raster), dtype=dtype, count=count)
+            check_copy_options("COG", self._cog_options(raster), dtype=dtype, count=count,
+                               user_options=o.creation_options or None)
         raster.dataset = open_for_writing(stage, profile, options or None)
         ds = raster.dataset
         for i, desc in enumerate(descriptions, start=1):

@@ -141,7 +141,12 @@ def _options_text(options: Mapping[str, Any]) -> str:
     return " ".join(f"{k.upper()}={v}" for k, v in options.items()) or "(none)"
 
 
+# The in-memory probe's file name, as GDAL's messages mention it ("_TIFFVSetField:/vsimem/...").
+_PROBE_NAME = re.compile(r"(?:[\w]+:)?\S*s2fin-probe-[0-9a-f]+(?:-src)?\.tif:?\s*")
+
+
 def _refusal(driver: str, options: Mapping[str, Any], reason: str) -> ConfigError:
+    reason = _PROBE_NAME.sub("", reason).strip() or reason
     return ConfigError(
         f"GDAL's {driver} driver refuses the creation options {_options_text(options)}: {reason}",
         hint=f"check --co against https://gdal.org/drivers/raster/{driver.lower()}.html",
@@ -182,13 +187,15 @@ def check_creation_profile(profile: Mapping[str, Any],
                 rasterio.shutil.delete(path)
     refused = [m.text for m in messages if m.kind in _OPTION_REFUSALS]
     if refused:
-        raise _refusal(driver, options, "; ".join(dict.fromkeys(refused)))
+        raise _refusal(driver, options, refused[0])
 
 
 def check_copy_options(driver: str, options: Mapping[str, Any], *, dtype: str = "uint8",
-                       count: int = 1) -> None:
+                       count: int = 1, user_options: Mapping[str, Any] | None = None) -> None:
     """Like :func:`check_creation_profile` for a driver written by copying (COG): copy a small
-    in-memory GeoTIFF with ``options`` and refuse what GDAL refuses."""
+    in-memory GeoTIFF with ``options`` and refuse what GDAL refuses (naming ``user_options``,
+    the ``--co`` given, when there are any)."""
+    named = dict(user_options) if user_options else dict(options)
     from affine import Affine
 
     token = secrets.token_hex(8)
@@ -202,14 +209,14 @@ def check_copy_options(driver: str, options: Mapping[str, Any], *, dtype: str = 
             rasterio.shutil.copy(source, target, driver=driver, **options)
         except (RasterioError, OSError, ValueError, TypeError) as exc:
             reasons = [m.text for m in messages if m.kind == "error"] or [error_text(exc)]
-            raise _refusal(driver, options, reasons[-1]) from None
+            raise _refusal(driver, named, reasons[-1]) from None
         finally:
             for p in (source, target):
                 with contextlib.suppress(Exception):
                     rasterio.shutil.delete(p)
     refused = [m.text for m in messages if m.kind in _OPTION_REFUSALS]
     if refused:
-        raise _refusal(driver, options, "; ".join(dict.fromkeys(refused)))
+        raise _refusal(driver, named, refused[0])
 
 
 def close_and_verify(dataset: Any, path: Any) -> None:

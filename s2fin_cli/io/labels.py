@@ -44,7 +44,7 @@ from s2fin_cli.classes import ClassTable
 from s2fin_cli.errors import AlignmentError, InputError, LabelError
 from s2fin_cli.io.gdal import error_text, gdal_messages
 from s2fin_cli.io.grid import Grid
-from s2fin_cli.io.reader import align_to_grid, open_raster
+from s2fin_cli.io.reader import align_to_grid, crs_label, open_raster
 from s2fin_cli.io.windows import iter_blocks
 from s2fin_cli.io.writer import CLASSES_TAG
 
@@ -222,12 +222,12 @@ class VectorLabels(LabelSource):
                     mappings = list(transform_geom(src_crs, dst_crs, mappings))
             except Exception as exc:  # PROJ cannot relate the CRSs (several exception types)
                 raise AlignmentError(
-                    f"labels {path.name} cannot be reprojected from {_crs_text(src_crs)} to "
-                    f"{_crs_text(dst_crs)}: {error_text(exc)}",
+                    f"labels {path.name} cannot be reprojected from {crs_label(src_crs)} to "
+                    f"{crs_label(dst_crs)}: {error_text(exc)}",
                     hint="reproject the labels (ogr2ogr -t_srs) or check PROJ's data "
                          "(PROJ_DATA)") from None
-            console.note(f"reprojected labels {path.name} from {_crs_text(src_crs)} to "
-                         f"{_crs_text(dst_crs)}")
+            console.note(f"reprojected labels {path.name} from {crs_label(src_crs)} to "
+                         f"{crs_label(dst_crs)}")
         super().__init__(path, grid, classes)
         self._shapes = [(m, class_id) for m, (_, class_id) in zip(mappings, kept, strict=True)]
         self._bounds = [shapely.geometry.shape(g).bounds for g, _ in self._shapes]
@@ -285,13 +285,6 @@ def _table_error(path: Path, grid: Grid) -> InputError:
         hint="put the points in a vector file with their CRS, e.g. ogr2ogr -f GPKG labels.gpkg "
              f"{path.name} -oo X_POSSIBLE_NAMES=x -oo Y_POSSIBLE_NAMES=y "
              f"-a_srs EPSG:{epsg or '<code>'}")
-
-
-def _crs_text(crs: CRS) -> str:
-    try:
-        return crs.to_string() or "a CRS without a code"
-    except CRSError:
-        return "a CRS PROJ cannot describe"
 
 
 @dataclass
@@ -378,7 +371,7 @@ def _check_geographic_range(path: Path, crs: CRS, shapes: list[Any]) -> None:
     if x0 < -540 or x1 > 540 or y0 < -90.5 or y1 > 90.5:
         raise LabelError(
             f"{path.name}: coordinates reach ({x0:.6g}, {y0:.6g}) .. ({x1:.6g}, {y1:.6g}), which "
-            f"are not longitude/latitude, yet the file's CRS is geographic ({_crs_text(crs)})",
+            f"are not longitude/latitude, yet the file's CRS is geographic ({crs_label(crs)})",
             hint="the file's CRS is missing or not understood by GDAL (GeoJSON means WGS 84 "
                  "unless its crs member is {\"type\": \"name\", \"properties\": {\"name\": "
                  "\"EPSG:<code>\"}}); or save the labels as GeoPackage with their CRS")

@@ -181,9 +181,9 @@ def check_outputs(outputs: Iterable[Output | str | os.PathLike[str] | None],
     checked: list[Path] = []
     for spec in specs:
         text = os.fspath(spec.path)
-        check_output_path(text, overwrite=overwrite, sidecars=spec.sidecars())
-        if spec.driver is not None:
+        if spec.driver is not None and not text.endswith(("/", os.sep)):
             check_extension(spec.final, spec.driver)
+        check_output_path(text, overwrite=overwrite, sidecars=spec.sidecars())
         for path in spec.files():
             what = "output" if path == spec.final else f"{spec.final.name}'s sidecar"
             key = _key(path)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -352,9 +353,8 @@ def align_to_grid(
             coverage = reference.coverage_by(grid)
     except Exception as exc:  # PROJ cannot relate the two CRSs (rasterio raises several types)
         raise AlignmentError(
-            f"{label} ({grid.crs.to_string() or 'a CRS without a code'}) cannot be transformed to "
-            f"the CRS of {reference_label} ({reference.crs.to_string() or 'a CRS without a code'}"
-            f"): {_crs_error_text(exc)}",
+            f"{label} ({crs_label(grid.crs)}) cannot be transformed to the CRS of "
+            f"{reference_label} ({crs_label(reference.crs)}): {_crs_error_text(exc)}",
             hint="reproject one raster onto the other's CRS (gdalwarp -t_srs), or check PROJ's "
                  "data (PROJ_DATA)",
         ) from None
@@ -390,10 +390,28 @@ def align_to_grid(
 
 
 def _crs_error_text(exc: BaseException) -> str:
-    """PROJ's reason in one line: a CRS error's message may hold the CRS as multi-line JSON."""
-    text = error_text(exc)
-    text = text.split("{", 1)[0].rstrip(" :") or text
-    return text[:300]
+    """PROJ's reason in one line: its messages embed CRSs as multi-line PROJJSON, which is
+    replaced by the CRS's type and name."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+
+    def short(match: re.Match[str]) -> str:
+        blob = match.group(0)
+        kind = re.search(r'"type": "(\w+)"', blob)
+        name = re.search(r'"name": "([^"]*)"', blob)
+        return f"{kind.group(1) if kind else 'CRS'} {name.group(1) if name else ''}".strip()
+
+    return re.sub(r"\{.*?\}(?=')|\{.*\}", short, text)[:300]
+
+
+def crs_label(crs: Any) -> str:
+    """A CRS in a few words: ``EPSG:32632``, else its WKT type and name (never a WKT dump)."""
+    if crs is None:
+        return "no CRS"
+    epsg = crs.to_epsg()
+    if epsg:
+        return f"EPSG:{epsg}"
+    match = re.match(r'\s*(\w+)\["([^"]*)"', crs.to_wkt())
+    return f'{match.group(1)} "{match.group(2)}"' if match else "a CRS without a code"
 
 
 def _grid_text(grid: Grid) -> str:
