@@ -11,8 +11,8 @@ work (opening the model, reading a block). The rule:
 2. An output that exists and is not a regular file (a directory, a device node, a FIFO, a
    socket) is refused, even with ``--overwrite``.
 3. An output or sidecar that exists is refused without ``--overwrite``; a ``.qml`` that would also
-   style another raster (``-o map.tiff`` beside ``map.tif``: both are styled by ``map.qml``) is
-   refused even with it.
+   style another existing raster (``-o map.tiff`` beside ``map.tif``: QGIS styles both with
+   ``map.qml``) is refused even with it.
 4. Two outputs (sidecars included) may not be the same file.
 5. A name ending in a path separator names a directory, not an output file; a raster output's
    extension must be one its driver writes (``map.png`` would hold GeoTIFF bytes); the directory
@@ -210,7 +210,7 @@ def check_outputs(outputs: Iterable[Output | str | os.PathLike[str] | None],
         if spec.style:
             qml = qml_path_for(spec.final)
             siblings = _styled_siblings(qml, spec.final)
-            if siblings and os.path.lexists(qml):
+            if siblings:
                 raise OutputError(f"{spec.final.name}'s style {qml} also styles {siblings[0]}",
                                   hint="name the output so that its .qml is its own")
     return checked
