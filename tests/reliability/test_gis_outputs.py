@@ -57,9 +57,11 @@ def maps(tiny: TinyData, tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "models").mkdir()
     shutil.copy2(tiny.model, d / "models" / "model.s2fin")
     (d / "work").mkdir()
+    before = digests(d)
     assert_ok(run_cli(["predict", "../scene.tif", "-m", "../models/./model.s2fin", "-o",
                        "map.tif", "--probabilities", "p.tif", "--confidence", "c.tif",
                        *PREDICT_FAST], cwd=d / "work"))
+    assert {k: v for k, v in digests(d).items() if k in before} == before  # inputs unchanged
     return d / "work"
 
 
@@ -289,8 +291,10 @@ def test_rotated_grid_reports_true_pixel_size_and_rotation(tmp_path: Path) -> No
     with rasterio.open(tmp_path / "r.tif", "w", driver="GTiff", width=8, height=8, count=1,
                        dtype="uint8", crs="EPSG:32632", transform=transform) as ds:
         ds.write(np.ones((1, 8, 8), np.uint8))
+    before = digests(tmp_path)
     result = run_cli(["inspect", "r.tif", "--json"], cwd=tmp_path)
     assert_ok(result)
+    assert digests(tmp_path) == before
     grid = json.loads(result.stdout)["inputs"][0]["grid"]
     assert grid["resolution"] == pytest.approx([2.0, 2.0])
     assert grid["rotation_deg"] == pytest.approx(30.0)
@@ -324,15 +328,25 @@ for path in sys.argv[1:]:
     entry["nodata_corner"] = provider.identify(QgsPointXY(x0, y0),
                                                QgsRaster.IdentifyFormatValue).results()
     out[path] = entry
-print(json.dumps(out, default=str))
-app.exitQgis()
+print(json.dumps(out, default=str), flush=True)
+import os
+os._exit(0)  # PyQGIS may crash while tearing down at exit; the report is out
 """
 
 
+def _qgis_python() -> str | None:
+    """The system Python that imports PyQGIS (Debian's python3-qgis), if any."""
+    for candidate in dict.fromkeys(["/usr/bin/python3", shutil.which("python3")]):
+        if candidate and Path(candidate).exists() and subprocess.run(
+                [candidate, "-c", "import qgis.core"], capture_output=True,
+                check=False).returncode == 0:
+            return candidate
+    return None
+
+
 def test_qgis_shows_the_outputs_as_intended(maps: Path) -> None:
-    python3 = shutil.which("python3") or "/usr/bin/python3"
-    probe = subprocess.run([python3, "-c", "import qgis.core"], capture_output=True, check=False)
-    if probe.returncode != 0:
+    python3 = _qgis_python()
+    if python3 is None:
         pytest.skip("python3-qgis is not installed (apt-get install qgis python3-qgis)")
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
     done = subprocess.run([python3, "-c", _QGIS_SCRIPT, str(maps / "map.tif"),
