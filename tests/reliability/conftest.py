@@ -56,6 +56,14 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def cli_env_without_osgeo(**extra: str) -> dict[str, str]:
+    """:func:`cli_env` with GDAL's Python bindings hidden, whatever S2FIN_TEST_WITHOUT_OSGEO."""
+    env = cli_env(**extra)
+    if not WITHOUT_OSGEO:
+        env["PYTHONPATH"] = os.pathsep.join([str(_HIDE_OSGEO), env["PYTHONPATH"]])
+    return env
+
+
 def run_cli(args: Sequence[str | os.PathLike[str]], *, cwd: Path | None = None,
             env: dict[str, str] | None = None,
             timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess[str]:

@@ -27,6 +27,8 @@ from tests.reliability.conftest import (
     TinyData,
     assert_ok,
     assert_user_error,
+    cli_env,
+    cli_env_without_osgeo,
     digests,
     run_cli,
 )
@@ -197,8 +199,6 @@ def test_geojson_crs_member_gdal_does_not_understand(crs: Any, tiny: TinyData,
 
 def test_geopackage_labels_without_osgeo(tiny: TinyData, tmp_path: Path) -> None:
     """Written with pyogrio (no GDAL Python bindings), read by the CLI with osgeo hidden."""
-    import os
-
     import pyogrio.raw
     import shapely
 
@@ -208,11 +208,7 @@ def test_geopackage_labels_without_osgeo(tiny: TinyData, tmp_path: Path) -> None
     pyogrio.raw.write(tmp_path / "labels.gpkg", np.array(shapely.to_wkb(polygons), dtype=object),
                       [np.array(["roof", "tree"], dtype=object)], fields=["landcover"],
                       geometry_type="Polygon", crs="EPSG:32632", driver="GPKG")
-    from tests.reliability.conftest import cli_env
-
-    env = cli_env()
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent / "no_osgeo"),
-                                         env["PYTHONPATH"]])
+    env = cli_env_without_osgeo()
     result = run_cli(["train", tiny.scene, "--labels", "labels.gpkg", "-o", "m.s2fin",
                       *TINY_TRAIN], cwd=tmp_path, env=env)
     assert_ok(result)
@@ -223,8 +219,6 @@ def test_geopackage_labels_without_osgeo(tiny: TinyData, tmp_path: Path) -> None
 
 
 def test_broken_proj_data_with_vector_labels(tiny: TinyData, tmp_path: Path) -> None:
-    from tests.reliability.conftest import cli_env
-
     features = [_feature(_polygon(0, 0, SIZE, SIZE), landcover="roof")]
     (tmp_path / "labels.geojson").write_text(json.dumps(_collection(features)))
     env = cli_env(PROJ_DATA=str(tmp_path / "nowhere"), PROJ_LIB=str(tmp_path / "nowhere"))

@@ -1,6 +1,7 @@
 """Where s2fin may write (issue 12 #1-#4, #12, #14, #15): never over an input, never over a
 non-regular file, sidecars like their output, GDAL's refusals before anything is replaced, and
-signals that end a run without leaving anything behind.
+signals that end a run without leaving anything behind. (#15, a full disk during predict without
+osgeo, is a case of test_outputs.py::test_full_disk_for_real.)
 
 Every refused case checks that no file changed: the SHA-256 of every file in the directories
 involved is the same before and after the run, and no file appeared.
@@ -29,15 +30,13 @@ from tests.reliability.conftest import (
     assert_ok,
     assert_user_error,
     cli_env,
+    cli_env_without_osgeo,
     digests,
     leftovers,
     run_cli,
     write_stacked,
 )
-from tests.reliability.test_outputs import _fill, _tmpfs
 from tests.s2fin_cli.helpers import scene_arrays
-
-HIDE_OSGEO = Path(__file__).resolve().parent / "no_osgeo"
 
 
 def _refused(args: list[object], code: int, cwd: Path, *watched: Path,
@@ -233,28 +232,10 @@ def test_termination_signal_midway_through_predict(sig: signal.Signals, tiny: Ti
     assert not leftovers(tmp_path)
 
 
-# -- #15: a full disk without GDAL's Python bindings -------------------------------------------
+# -- #15: without GDAL's Python bindings (the full disk case: test_outputs.py) -----------------
 
 def test_osgeo_can_be_hidden_from_the_cli() -> None:
-    env = cli_env()
-    env["PYTHONPATH"] = os.pathsep.join([str(HIDE_OSGEO), env["PYTHONPATH"]])
+    env = cli_env_without_osgeo()
     done = subprocess.run([sys.executable, "-c", "import osgeo"], env=env, capture_output=True,
                           text=True, check=False)
     assert done.returncode != 0 and "hidden" in done.stderr
-
-
-def test_full_disk_during_predict_without_osgeo(tiny: TinyData, tmp_path: Path) -> None:
-    """Without osgeo nothing reopened the map after writing it, so a failed close (GDAL reports
-    it only as a message) left a partial map.tif. Now every raster is read back first."""
-    env = cli_env()
-    env["PYTHONPATH"] = os.pathsep.join([str(HIDE_OSGEO), env["PYTHONPATH"]])
-    disk = tmp_path / "disk"
-    with _tmpfs(disk, "size=256k") as mounted:
-        if not mounted:
-            pytest.skip("mounting a tmpfs needs root")
-        _fill(disk)
-        before = digests(disk)
-        result = run_cli(["predict", tiny.scene, "-m", tiny.model, "-o", disk / "map.tif",
-                          *PREDICT_FAST], cwd=tmp_path, env=env)
-        assert_user_error(result, 8, match="disk full")
-        assert digests(disk) == before
