@@ -121,11 +121,18 @@ def version_text() -> str:
 
         osgeo_text = gdal.__version__
     except ImportError:
-        osgeo_text = "not installed (optional: category names / RAT, Shapefile labels)"
+        osgeo_text = "not installed (not needed by s2fin)"
+    try:
+        import pyogrio
+
+        ogr_text = f"pyogrio {pyogrio.__version__}, GDAL {pyogrio.__gdal_version_string__}"
+    except ImportError:
+        ogr_text = "pyogrio not installed (needed for vector labels)"
     return (
         f"s2fin {__version__}\n"
         f"torch {torch.__version__}, CUDA {cuda_text}\n"
         f"rasterio {rasterio.__version__}, GDAL {rasterio.__gdal_version__} (rasterio's)\n"
+        f"{ogr_text} (vector labels)\n"
         f"osgeo.gdal {osgeo_text}"
     )
 
