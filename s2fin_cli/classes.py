@@ -12,12 +12,15 @@ from typing import Any
 
 RGB = tuple[int, int, int]
 
-# A qualitative palette (Tableau 20 order, then darker tones) so neighbouring ids differ clearly.
+# A qualitative palette whose closest pair of colours is 16.2 apart in CIEDE2000 (a test keeps
+# it at least 15): Tableau 10, then ten colours chosen greedily (farthest point in CIEDE2000 from
+# those already chosen, over an sRGB grid of step 15 with L* in 30..88). Tableau 20's light tones
+# were only 12.1 from each other.
 _PALETTE: tuple[RGB, ...] = (
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-    (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
-    (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
+    (75, 75, 0), (240, 210, 210), (0, 105, 90), (0, 0, 240), (0, 240, 180),
+    (165, 180, 255), (150, 0, 105), (180, 195, 180), (165, 120, 0), (75, 75, 105),
 )
 
 

@@ -12,6 +12,22 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2  # Click/Typer's own code for bad options
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
+EXIT_SIGNAL_BASE = 128  # a run ended by signal N exits 128 + N (SIGHUP 129, SIGTERM 143)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP arrived: raised in the main thread by the CLI's signal handler so
+    that every ``finally`` and atomic writer cleans up; the CLI exits ``128 + signum``. A
+    KeyboardInterrupt, so code that handles Ctrl-C handles the other signals alike."""
+
+    def __init__(self, signum: int, name: str) -> None:
+        self.signum = signum
+        self.name = name
+        super().__init__(name)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_SIGNAL_BASE + self.signum
 
 
 class S2finError(Exception):

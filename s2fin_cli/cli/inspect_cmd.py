@@ -68,7 +68,12 @@ def _table(info: dict[str, Any]) -> Table:
         g = info["grid"]
         table.add_row("size", f"{g['width']} x {g['height']} px, {info['bands']} bands")
         table.add_row("CRS", g["crs"] or "none")
-        table.add_row("pixel size", f"{g['resolution'][0]:.6g} x {g['resolution'][1]:.6g}")
+        rotation = g.get("rotation_deg") or 0.0
+        table.add_row("pixel size", f"{g['resolution'][0]:.6g} x {g['resolution'][1]:.6g}"
+                      + (f" (grid rotated {rotation:.6g}°)" if rotation else ""))
+        if g.get("gcps"):
+            table.add_row("georeferencing", f"{g['gcps']} ground control points in "
+                          f"{g.get('gcp_crs') or 'no CRS'} (no map grid)")
         table.add_row("bounds", ", ".join(f"{v:.6g}" for v in g["bounds"]))
         table.add_row("dtype", ", ".join(info["dtypes"]))
         table.add_row("nodata", str(info["nodata"]))

@@ -97,6 +97,7 @@ def synth(
     disjoint train/test labels (hsi.tif, lidar.tif or sar.tif, ground_truth.tif,
     train_labels.tif, test_labels.tif, scene.json)."""
     from s2fin_cli.synth import SynthConfig, generate_scene, write_scene
+    from s2fin_cli.synth.writing import prepare_outputs
 
     config = SynthConfig.for_preset(
         preset.value, size=size, height=height, width=width, bands=bands,
@@ -111,11 +112,15 @@ def synth(
                      f"{config.optical}: they cannot be told apart spectrally")
     if config.preset == "urban" and config.active != "lidar":
         console.warn("the urban classes are built around heights; SAR only hints at them")
+    options = parse_creation_options(co or [])
+    # Before the (possibly long) generation: options GDAL refuses, outputs that exist.
+    prepare_outputs(config, out_dir, overwrite=overwrite, optical_dtype=optical_dtype.value,
+                    creation_options=options)
     scene = generate_scene(config)
     argv = sys.argv[1:] if sys.argv and Path(sys.argv[0]).name == "s2fin" else None
     command = ("s2fin " + shlex.join(argv)) if argv and "synth" in argv else None
     paths = write_scene(scene, out_dir, overwrite=overwrite, optical_dtype=optical_dtype.value,
-                        command=command, creation_options=parse_creation_options(co or []))
+                        command=command, creation_options=options)
     counts = scene.class_counts()
     if json_output:
         console.stdout.print_json(json.dumps({

@@ -48,7 +48,8 @@ from s2fin_cli.datasets.specs import (
 from s2fin_cli.errors import AlignmentError, ConfigError, InputError, LabelError, OutputError
 from s2fin_cli.hashing import file_sha256
 from s2fin_cli.io.grid import Grid
-from s2fin_cli.io.writer import check_output_path, write_raster, write_text
+from s2fin_cli.io.outputs import Output, check_outputs
+from s2fin_cli.io.writer import AtomicGroup, write_raster, write_text
 
 RECORD_NAME = "dataset.json"
 RECORD_FORMAT = "s2fin-dataset/1"
@@ -280,7 +281,8 @@ def _counts(labels: np.ndarray, n_classes: int) -> list[int]:
 
 
 def _write_rasters(spec: DatasetSpec, loaded: dict[Role, _Loaded], targets: dict[Role, Path],
-                   grid: Grid, overwrite: bool, creation_options: dict[str, str] | None) -> None:
+                   grid: Grid, overwrite: bool, creation_options: dict[str, str] | None,
+                   group: AtomicGroup) -> None:
     classes = spec.classes
     for role, path in targets.items():
         entry = loaded[role]
@@ -294,11 +296,11 @@ def _write_rasters(spec: DatasetSpec, loaded: dict[Role, _Loaded], targets: dict
             descriptions = list(names) if len(names) == bands else [
                 f"band {i}" for i in range(1, bands + 1)]
             write_raster(path, entry.array, grid, band_descriptions=descriptions, tags=tags,
-                         overwrite=overwrite, creation_options=creation_options)
+                         overwrite=overwrite, creation_options=creation_options, group=group)
         else:
             write_raster(path, entry.array, grid, nodata=0, classes=classes,
                          band_descriptions=[ROLE_TITLES[role]], tags=tags,
-                         overwrite=overwrite, creation_options=creation_options)
+                         overwrite=overwrite, creation_options=creation_options, group=group)
 
 
 def import_dataset(
@@ -445,15 +447,12 @@ def import_dataset(
     except OSError as exc:
         raise OutputError(f"cannot create the output folder {out}: {exc.strerror or exc}") from exc
     targets = {role: out / OUTPUT_NAMES[role] for role in ROLES if role in loaded}
-    for path in [*targets.values(), out / RECORD_NAME]:
-        check_output_path(path, overwrite=overwrite)
+    # Nothing written may be (or resolve to) a source file, even with --overwrite.
+    check_outputs([*(Output(path, "GTiff", role in LABEL_ROLES) for role, path in targets.items()),
+                   out / RECORD_NAME], [item.path for item in found.values()],
+                  overwrite=overwrite)
 
     classes = spec.classes
-    with warnings.catch_warnings():
-        # Said once above, in words; GDAL's warning about a local grid would only confuse.
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        _write_rasters(spec, loaded, targets, grid, overwrite, creation_options)
-
     record: dict[str, Any] = {
         "format": RECORD_FORMAT,
         "s2fin_version": __version__,
@@ -485,5 +484,19 @@ def import_dataset(
         "notes": log.notes,
         "warnings": log.warnings,
     }
-    write_text(out / RECORD_NAME, json.dumps(record, indent=2) + "\n", overwrite=overwrite)
+    group = AtomicGroup()  # every file appears together, or none does
+    try:
+        with warnings.catch_warnings():
+            # Said once above, in words; GDAL's warning about a local grid would only confuse.
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            _write_rasters(spec, loaded, targets, grid, overwrite, creation_options, group)
+
+        write_text(out / RECORD_NAME, json.dumps(record, indent=2) + "\n", overwrite=overwrite,
+                   group=group)
+    except BaseException as exc:
+        translated = group.failed(exc)
+        if translated is exc:
+            raise
+        raise translated from exc
+    group.commit()
     return ImportResult(spec, out, targets, record, log.notes, log.warnings)

@@ -7,8 +7,10 @@ the importer moves bands first.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,8 +53,7 @@ def _is_v73(path: Path) -> bool:
 def mat_variables(path: Path) -> list[str]:
     """The top-level variable names of a .mat file."""
     if _is_v73(path):
-        h5py = _h5py(path)
-        with h5py.File(path, "r") as fh:
+        with _open_h5(path) as fh:
             return [k for k in fh if not k.startswith("#")]
     try:
         return [name for name, _shape, _cls in scipy.io.whosmat(str(path))]
@@ -105,13 +106,27 @@ def _read_v5(path: Path, key: str) -> np.ndarray:
     return array
 
 
+@contextlib.contextmanager
+def _open_h5(path: Path) -> Iterator[Any]:
+    """A MATLAB v7.3 (HDF5) file opened with h5py; a truncated or corrupt file (HDF5 raises
+    OSError, or KeyError/ValueError deeper in) is a one-line :class:`InputError`."""
+    h5py = _h5py(path)
+    try:
+        with h5py.File(path, "r") as fh:
+            yield fh
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise InputError(f"cannot read {path} (truncated or corrupt MATLAB v7.3 file?): "
+                         f"{reason}", hint="download it again") from None
+
+
 def _read_v73(path: Path, key: str) -> np.ndarray:
     h5py = _h5py(path)
     tokens = _parse_key(key)
     if any(isinstance(t, int) for t in tokens):
         raise InputError(f"{path}: indexing struct arrays ({key!r}) in MATLAB v7.3 files is not "
                          "supported", hint="re-save the file in MATLAB with -v7")
-    with h5py.File(path, "r") as fh:
+    with _open_h5(path) as fh:
         node: Any = fh
         for token in tokens:
             if not hasattr(node, "keys") or token not in node:

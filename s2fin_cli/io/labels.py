@@ -2,10 +2,17 @@
 
 - Raster labels: integer classes, 0 = unlabeled (negative values and the nodata value count as
   unlabeled too). Another grid is aligned with nearest-neighbour resampling, never bilinear.
-- Vector labels: GeoJSON (read directly), Shapefile, GeoPackage and anything else OGR opens
-  (through osgeo.ogr). ``--label-field`` holds integer ids or names; names become ids 1..N in
-  sorted order and are kept. Geometries are made valid (with a warning), reprojected to the grid
-  CRS and rasterized per block, so memory follows the block, never the scene.
+- Vector labels: GeoJSON, GeoPackage, Shapefile, FlatGeobuf and anything else OGR opens, read
+  through pyogrio (GDAL/OGR in a wheel: no GDAL Python bindings needed), so every format follows
+  OGR's rules (GeoJSON: WGS 84 unless a ``crs`` member OGR understands says otherwise).
+  ``--label-field`` holds integer ids or names; names become ids 1..N in sorted order and are
+  kept. Geometries are made valid (with a warning), reprojected to the grid CRS and rasterized
+  per block, so memory follows the block, never the scene. Features without a geometry or
+  without a class are skipped, with one warning saying how many and why; coordinates that
+  cannot be longitude/latitude in a geographic CRS (a projected file whose CRS was lost) are
+  refused.
+- Label rasters have one band of class ids: a multi-band raster (an RGB rendering of a label
+  map) is refused, and so is a text table GDAL would read as an XYZ grid (point labels in CSV).
 
 Class names travel with labels: a label raster written by s2fin carries its class table in the
 ``S2FIN_CLASSES`` tag; vector names come from the field.
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +30,9 @@ from typing import Any
 
 import numpy as np
 import shapely
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
+from rasterio.errors import CRSError
 from rasterio.features import rasterize
 from rasterio.warp import transform_geom
 from rasterio.windows import Window
@@ -31,13 +41,16 @@ from rasterio.windows import transform as window_transform
 
 from s2fin_cli import console
 from s2fin_cli.classes import ClassTable
-from s2fin_cli.errors import InputError, LabelError
+from s2fin_cli.errors import AlignmentError, InputError, LabelError
+from s2fin_cli.io.gdal import error_text, gdal_messages
 from s2fin_cli.io.grid import Grid
-from s2fin_cli.io.reader import align_to_grid, open_raster
+from s2fin_cli.io.reader import align_to_grid, crs_label, open_raster
 from s2fin_cli.io.windows import iter_blocks
 from s2fin_cli.io.writer import CLASSES_TAG
 
 VECTOR_SUFFIXES = (".geojson", ".json", ".gpkg", ".shp", ".fgb", ".kml", ".gml", ".sqlite")
+# Text tables: GDAL reads them as XYZ grids, never what a user means by labels.
+TABLE_SUFFIXES = (".csv", ".txt", ".xyz", ".tsv")
 # Fields tried, in order, when --label-field is not given.
 DEFAULT_FIELDS = ("class", "class_id", "classid", "label", "label_id", "id_class", "landcover")
 MAX_CLASS_ID = 65535
@@ -109,6 +122,17 @@ class RasterLabels(LabelSource):
     def __init__(self, path: Path, grid: Grid) -> None:
         self._dataset = open_raster(path)
         ds = self._dataset
+        if str(ds.driver) in ("XYZ", "CSV"):
+            ds.close()
+            raise _table_error(path, grid)
+        if ds.count > 1:
+            ds.close()
+            raise LabelError(
+                f"{path.name} has {ds.count} bands; a label raster has one band of class ids "
+                "(0 = unlabeled)",
+                hint="an RGB picture of a label map holds colours, not ids: export the class "
+                     "ids (e.g. the map's single band), or gdal_translate -b N if band N holds "
+                     "them")
         if np.dtype(ds.dtypes[0]).kind not in "iu":
             ds.close()
             raise LabelError(f"{path.name} holds {ds.dtypes[0]} values; label rasters must be "
@@ -147,40 +171,66 @@ class RasterLabels(LabelSource):
 
 class VectorLabels(LabelSource):
     def __init__(self, path: Path, grid: Grid, label_field: str | None) -> None:
-        features, src_crs = read_vector_features(path)
-        if not features:
+        data = read_vectors(path)
+        if not data.geometries.size:
             raise LabelError(f"{path.name} holds no features", hint="is it the right layer/file?")
-        field_name = _choose_field(features, label_field, path)
-        values = [props.get(field_name) for _, props in features]
+        field_name = _choose_field(list(data.fields), label_field, path)
+        values = data.fields[field_name]
         classes, ids = _class_ids(values, field_name, path)
-        shapes: list[tuple[Any, int]] = []
-        repaired = 0
+        src_crs = data.crs
         dst_crs = grid.crs
         if dst_crs is None and src_crs is not None:
-            raise LabelError(f"{path.name} is georeferenced but the scene grid has no CRS",
+            raise LabelError(f"{path.name} is georeferenced but the scene grid has no map CRS"
+                             + (" (ground control points only)" if grid.gcps else ""),
                              hint="use raster labels on the pixel grid")
         reproject = src_crs is not None and dst_crs is not None and src_crs != dst_crs
-        for (geom, _), class_id in zip(features, ids, strict=True):
-            if geom is None or class_id is None:
+        kept: list[tuple[Any, int]] = []
+        repaired = no_geometry = no_class = 0
+        for shape, class_id in zip(data.geometries, ids, strict=True):
+            if shape is None or shape.is_empty:
+                no_geometry += 1
                 continue
-            shape = shapely.geometry.shape(geom)
+            if class_id is None:
+                no_class += 1
+                continue
             if not shape.is_valid:
                 shape = shapely.make_valid(shape)
                 repaired += 1
-            if shape.is_empty:
-                continue
-            mapping = shapely.geometry.mapping(shape)
-            if reproject:
-                mapping = transform_geom(src_crs, dst_crs, mapping)
-            shapes.append((mapping, class_id))
+                if shape.is_empty:
+                    no_geometry += 1
+                    continue
+            kept.append((shape, class_id))
         if repaired:
             console.warn(f"{path.name}: made {repaired} invalid geometries valid")
-        if reproject:
-            console.note(f"reprojected labels {path.name} from {src_crs} to "
-                         f"{dst_crs.to_string() if dst_crs else ''}")
+        skipped = no_geometry + no_class
+        if skipped:
+            reasons = []
+            if no_class:
+                reasons.append(f"{no_class} without a value in {field_name!r}")
+            if no_geometry:
+                reasons.append(f"{no_geometry} without a geometry (null, empty, or of a type "
+                               "GDAL does not read)")
+            console.warn(f"{path.name}: {skipped} of {data.geometries.size} features skipped: "
+                         + ", ".join(reasons))
+        if src_crs is not None and kept:
+            _check_geographic_range(path, src_crs, [s for s, _ in kept])
+        mappings = [shapely.geometry.mapping(s) for s, _ in kept]
+        if reproject and mappings:
+            assert src_crs is not None and dst_crs is not None
+            try:
+                with gdal_messages():
+                    mappings = list(transform_geom(src_crs, dst_crs, mappings))
+            except Exception as exc:  # PROJ cannot relate the CRSs (several exception types)
+                raise AlignmentError(
+                    f"labels {path.name} cannot be reprojected from {crs_label(src_crs)} to "
+                    f"{crs_label(dst_crs)}: {error_text(exc)}",
+                    hint="reproject the labels (ogr2ogr -t_srs) or check PROJ's data "
+                         "(PROJ_DATA)") from None
+            console.note(f"reprojected labels {path.name} from {crs_label(src_crs)} to "
+                         f"{crs_label(dst_crs)}")
         super().__init__(path, grid, classes)
-        self._shapes = shapes
-        self._bounds = [shapely.geometry.shape(g).bounds for g, _ in shapes]
+        self._shapes = [(m, class_id) for m, (_, class_id) in zip(mappings, kept, strict=True)]
+        self._bounds = [shapely.geometry.shape(g).bounds for g, _ in self._shapes]
 
     def read(self, window: Window) -> np.ndarray:
         height, width = int(window.height), int(window.width)
@@ -206,6 +256,8 @@ def open_labels(
         raise InputError(f"labels {p} do not exist")
     if p.is_dir():
         raise InputError(f"labels {p} is a directory, not a file")
+    if p.suffix.lower() in TABLE_SUFFIXES:
+        raise _table_error(p, grid)
     if p.suffix.lower() in VECTOR_SUFFIXES:
         return VectorLabels(p, grid, label_field)
     if label_field is not None:
@@ -225,68 +277,108 @@ def read_label_points(
         return points, source.class_table(points.classes)
 
 
-def read_vector_features(path: Path) -> tuple[list[tuple[Any, dict[str, Any]]], Any]:
-    """(geometry mapping, properties) per feature, and the layer CRS (rasterio CRS or None)."""
-    from rasterio.crs import CRS
-
-    if path.suffix.lower() in (".geojson", ".json"):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(f"{path.name} is not valid GeoJSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise InputError(f"{path.name} is not a GeoJSON object")
-        if data.get("type") == "FeatureCollection":
-            raw = data.get("features") or []
-        elif data.get("type") == "Feature":
-            raw = [data]
-        else:
-            raise InputError(f"{path.name} is not a GeoJSON Feature or FeatureCollection")
-        crs_name = ((data.get("crs") or {}).get("properties") or {}).get("name")
-        # RFC 7946: coordinates are WGS 84 longitude/latitude unless a (legacy) crs member says.
-        crs = CRS.from_user_input(crs_name) if crs_name else CRS.from_epsg(4326)
-        feats = [(f.get("geometry"), dict(f.get("properties") or {})) for f in raw
-                 if isinstance(f, dict)]
-        return feats, crs
-    return _read_ogr_features(path)
+def _table_error(path: Path, grid: Grid) -> InputError:
+    epsg = grid.crs.to_epsg() if grid.crs is not None else None
+    return InputError(
+        f"labels {path.name} are a text table, which GDAL would read as an XYZ grid of "
+        "values, not as labelled points or polygons",
+        hint="put the points in a vector file with their CRS, e.g. ogr2ogr -f GPKG labels.gpkg "
+             f"{path.name} -oo X_POSSIBLE_NAMES=x -oo Y_POSSIBLE_NAMES=y "
+             f"-a_srs EPSG:{epsg or '<code>'}")
 
 
-def _read_ogr_features(path: Path) -> tuple[list[tuple[Any, dict[str, Any]]], Any]:
+@dataclass
+class VectorData:
+    """A vector layer as read: shapely geometries (None where a feature has none), the
+    attribute columns (plain Python values, None for null), the CRS (None when the file has
+    none) and the layer's name."""
+
+    geometries: np.ndarray  # object array of shapely geometries or None
+    fields: dict[str, list[Any]]
+    crs: CRS | None
+    layer: str
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as a Python value; NaN (OGR's null in a numeric column) as None."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def read_vectors(path: Path) -> VectorData:
+    """The first layer of a vector file through pyogrio (OGR), with one-line errors."""
+    import pyogrio
+    import pyogrio.raw
+    from pyogrio.errors import DataLayerError, DataSourceError, FieldError, GeometryError
+
+    errors = (DataSourceError, DataLayerError, FieldError, GeometryError, OSError, ValueError,
+              RuntimeError)
+    unread: list[str] = []
     try:
-        from osgeo import ogr, osr
-    except ImportError:
-        raise InputError(
-            f"reading {path.suffix} labels needs GDAL's Python bindings (osgeo)",
-            hint="install s2fin[gdal], or convert the labels to GeoJSON",
-        ) from None
-    from rasterio.crs import CRS
-
-    ogr.UseExceptions()
-    try:
-        source = ogr.Open(str(path))
-    except RuntimeError as exc:
-        raise InputError(f"{path.name} is not a readable vector file: {exc}") from None
-    if source is None or source.GetLayerCount() == 0:
-        raise InputError(f"{path.name} is not a readable vector file")
-    if source.GetLayerCount() > 1:
-        console.note(f"{path.name} has {source.GetLayerCount()} layers; using the first")
-    layer = source.GetLayer(0)
-    srs = layer.GetSpatialRef()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            layers = pyogrio.list_layers(path)
+            if len(layers) == 0:
+                raise InputError(f"{path.name} has no vector layer")
+            if len(layers) > 1:
+                console.note(f"{path.name} has {len(layers)} layers; using the first, "
+                             f"{layers[0][0]!r}")
+            meta, _fids, wkb, columns = pyogrio.raw.read(path, layer=0)
+        unread = [str(w.message) for w in caught]
+    except errors as exc:
+        raise InputError(f"{path.name} is not a readable vector file: {error_text(exc)}") \
+            from None
+    for text in dict.fromkeys(unread):
+        console.debug(f"{path.name}: OGR: {text}")
     crs = None
-    if srs is not None:
-        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        crs = CRS.from_wkt(srs.ExportToWkt())
+    if meta.get("crs"):
+        try:
+            crs = CRS.from_user_input(meta["crs"])
+        except CRSError as exc:
+            raise InputError(f"cannot interpret the CRS of {path.name} ({meta['crs']!s:.60}): "
+                             f"{error_text(exc)}",
+                             hint="check PROJ's data (PROJ_DATA), or write the labels with an "
+                                  "EPSG code") from None
+    geometries = np.array([None if g is None else shapely.from_wkb(g) for g in wkb],
+                          dtype=object)
+    fields = {str(name): [_plain(v) for v in column]
+              for name, column in zip(meta["fields"], columns, strict=True)}
+    return VectorData(geometries, fields, crs, str(layers[0][0]))
+
+
+def read_vector_features(path: Path) -> tuple[list[tuple[Any, dict[str, Any]]], Any]:
+    """(geometry mapping or None, properties) per feature, and the layer CRS (rasterio CRS or
+    None): :func:`read_vectors` as GeoJSON-like mappings."""
+    data = read_vectors(path)
+    names = list(data.fields)
     feats = []
-    for feature in layer:
-        geom = feature.GetGeometryRef()
-        mapping = json.loads(geom.ExportToJson()) if geom is not None else None
-        feats.append((mapping, dict(feature.items())))
-    return feats, crs
+    for i, geom in enumerate(data.geometries):
+        mapping = None if geom is None else shapely.geometry.mapping(geom)
+        feats.append((mapping, {n: data.fields[n][i] for n in names}))
+    return feats, data.crs
 
 
-def _choose_field(features: list[tuple[Any, dict[str, Any]]], label_field: str | None,
-                  path: Path) -> str:
-    fields: list[str] = sorted({k for _, props in features for k in props})
+def _check_geographic_range(path: Path, crs: CRS, shapes: list[Any]) -> None:
+    """Coordinates in a geographic CRS must be longitudes/latitudes: values such as 691200 mean
+    a projected file whose CRS was lost (a GeoJSON ``crs`` member OGR did not understand makes
+    OGR assume WGS 84)."""
+    if not crs.is_geographic:
+        return
+    x0, y0, x1, y1 = shapely.total_bounds(np.asarray(shapes, dtype=object))
+    if x0 < -540 or x1 > 540 or y0 < -90.5 or y1 > 90.5:
+        raise LabelError(
+            f"{path.name}: coordinates reach ({x0:.6g}, {y0:.6g}) .. ({x1:.6g}, {y1:.6g}), which "
+            f"are not longitude/latitude, yet the file's CRS is geographic ({crs_label(crs)})",
+            hint="the file's CRS is missing or not understood by GDAL (GeoJSON means WGS 84 "
+                 "unless its crs member is {\"type\": \"name\", \"properties\": {\"name\": "
+                 "\"EPSG:<code>\"}}); or save the labels as GeoPackage with their CRS")
+
+
+def _choose_field(names: list[str], label_field: str | None, path: Path) -> str:
+    fields: list[str] = sorted(names)
     if label_field is not None:
         if label_field not in fields:
             raise LabelError(f"{path.name} has no field {label_field!r}",

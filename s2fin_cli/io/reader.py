@@ -9,12 +9,18 @@ the block, never the scene.
 Invalid values (the dataset's nodata or mask, NaN, Inf) come back as NaN. A pixel is nodata for a
 modality when every band of it is invalid; an isolated invalid value in one band (a bad band, a
 saturated detector) is left as NaN for preprocessing to fill.
+
+Values are physical values: a band's GDAL scale and offset (``value = raw * scale + offset``, as
+``gdal_translate -unscale`` applies them) are applied on read, after the nodata test on the raw
+value. Complex bands (SAR in CFloat32/CInt16 ...) are refused: their phase means nothing to the
+network, and dropping the imaginary part silently would be wrong.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +36,7 @@ from rasterio.windows import Window
 
 from s2fin_cli import console
 from s2fin_cli.errors import AlignmentError, InputError
+from s2fin_cli.io.gdal import error_text, gdal_messages
 from s2fin_cli.io.grid import Grid
 from s2fin_cli.io.windows import reflect_indices
 
@@ -51,17 +58,40 @@ def open_raster(path: str | os.PathLike[str]) -> Any:
     if p.is_dir():
         raise InputError(f"{p} is a directory, not a raster file")
     try:
-        with warnings.catch_warnings():
+        with gdal_messages(), warnings.catch_warnings():
             # A raster without georeferencing is legal here; alignment decides what it means.
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             dataset = rasterio.open(p)
     except RasterioIOError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "unreadable"
-        raise InputError(f"{p} is not a readable raster: {first}") from None
+        raise InputError(f"{p} is not a readable raster: {error_text(exc)}") from None
     if dataset.count < 1 or dataset.width < 1 or dataset.height < 1:
         dataset.close()
         raise InputError(f"{p} has no pixels or no bands")
     return dataset
+
+
+def refuse_complex(dataset: Any, path: str | os.PathLike[str], what: str) -> None:
+    """Refuse complex bands (CInt16, CFloat32 ...): reading them as real drops the imaginary
+    part, a silently wrong input. :class:`InputError` (exit 3) saying how to convert them."""
+    complex_types = sorted({d for d in dataset.dtypes if np.dtype(d).kind == "c"})
+    if complex_types:
+        raise InputError(
+            f"{what} {Path(path).name} holds complex values ({', '.join(complex_types)}); "
+            "s2fin reads real-valued bands only",
+            hint="convert it to intensity or amplitude first, e.g. gdal_translate "
+                 "-ot Float32 with a VRT pixel function (intensity, mod) or SNAP's "
+                 "band maths",
+        )
+
+
+def band_scaling(dataset: Any, indexes: tuple[int, ...]) -> tuple[tuple[float, ...],
+                                                               tuple[float, ...]]:
+    """(scales, offsets) of ``indexes`` (GDAL's per-band scale/offset; 1 and 0 when unset)."""
+    scales = tuple(float(dataset.scales[i - 1]) if dataset.scales[i - 1] is not None else 1.0
+                   for i in indexes)
+    offsets = tuple(float(dataset.offsets[i - 1]) if dataset.offsets[i - 1] is not None else 0.0
+                    for i in indexes)
+    return scales, offsets
 
 
 def format_band_ranges(first: int, last: int) -> str:
@@ -83,10 +113,17 @@ class Modality:
     band_names: tuple[str, ...]
     dtype: str
     nodata: float | None
+    # GDAL scale/offset per band (value = raw * scale + offset), applied on read.
+    scales: tuple[float, ...] = ()
+    offsets: tuple[float, ...] = ()
 
     @property
     def count(self) -> int:
         return len(self.band_indexes)
+
+    @property
+    def scaled(self) -> bool:
+        return any(s != 1.0 for s in self.scales) or any(o != 0.0 for o in self.offsets)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -97,6 +134,8 @@ class Modality:
             "band_names": list(self.band_names),
             "dtype": self.dtype,
             "nodata": self.nodata,
+            "scales": list(self.scales),
+            "offsets": list(self.offsets),
         }
 
 
@@ -139,24 +178,34 @@ def _nodata(dataset: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def _read_masked(dataset: Any, indexes: tuple[int, ...], window: Window) -> np.ndarray:
-    """Read bands as float32 with every masked or non-finite value set to NaN."""
-    data = dataset.read(list(indexes), window=window, masked=True, out_dtype="float32")
+def _read_masked(dataset: Any, indexes: tuple[int, ...], window: Window,
+                 scales: tuple[float, ...] = (), offsets: tuple[float, ...] = (),
+                 out_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read bands as float32 with every masked or non-finite value set to NaN, and GDAL's
+    scale/offset applied (when given)."""
+    kwargs: dict[str, Any] = {} if out_shape is None else {
+        "out_shape": (len(indexes), *out_shape), "resampling": Resampling.nearest}
+    data = dataset.read(list(indexes), window=window, masked=True, out_dtype="float32",
+                        **kwargs)
     out = np.ma.filled(data.astype(np.float32, copy=False), np.nan)
+    if scales and (any(v != 1.0 for v in scales) or any(v != 0.0 for v in offsets)):
+        out *= np.asarray(scales, np.float32)[:, None, None]
+        out += np.asarray(offsets, np.float32)[:, None, None]
     out[~np.isfinite(out)] = np.nan
     return out
 
 
-def _read_or_fail(dataset: Any, modality: Modality, window: Window) -> np.ndarray:
+def _read_or_fail(dataset: Any, modality: Modality, window: Window,
+                  out_shape: tuple[int, int] | None = None) -> np.ndarray:
     """:func:`_read_masked`, with a corrupt or truncated file (a tile that fails to decode) as a
     one-line :class:`InputError` naming the file instead of GDAL's generic read failure."""
     try:
-        return _read_masked(dataset, modality.band_indexes, window)
+        return _read_masked(dataset, modality.band_indexes, window, modality.scales,
+                            modality.offsets, out_shape)
     except RasterioIOError as exc:
         cause = exc.__cause__ or exc
-        detail = (str(cause).splitlines() or [type(cause).__name__])[0]
-        raise InputError(f"{modality.path} cannot be read (corrupt or truncated?): {detail}",
-                         hint="check or re-export the file") from None
+        raise InputError(f"{modality.path} cannot be read (corrupt or truncated?): "
+                         f"{error_text(cause)}", hint="check or re-export the file") from None
 
 
 class Scene:
@@ -217,6 +266,30 @@ class Scene:
         ri, ci = np.ix_(rows - r_lo, cols - c_lo)
         return SceneBlock(window, halo, optical[:, ri, ci], aux[:, ri, ci])
 
+    def value_summary(self, max_pixels: int = 65536) -> dict[str, list[dict[str, float]]]:
+        """Per-band statistics of the scene's values, cheaply: min, max, mean and standard
+        deviation (of valid values, after scale/offset) over a decimated read of at most about
+        ``max_pixels`` pixels (nearest, so no value is invented). For comparing a scene with the
+        data a model was trained on; not exact statistics."""
+        factor = max(1, int(np.ceil(np.sqrt(self.grid.width * self.grid.height / max_pixels))))
+        shape = (max(1, self.grid.height // factor), max(1, self.grid.width // factor))
+        out: dict[str, list[dict[str, float]]] = {}
+        for key, modality, source in (("optical", self.optical, self._optical_source),
+                                      ("aux", self.aux, self._aux_source)):
+            data = _read_or_fail(source, modality, self.grid.full_window(), shape)
+            bands = []
+            for band in data:
+                valid = band[np.isfinite(band)].astype(np.float64)
+                if valid.size == 0:
+                    bands.append({"min": float("nan"), "max": float("nan"),
+                                  "mean": float("nan"), "std": float("nan"), "valid": 0.0})
+                    continue
+                bands.append({"min": float(valid.min()), "max": float(valid.max()),
+                              "mean": float(valid.mean()), "std": float(valid.std()),
+                              "valid": float(valid.size) / band.size})
+            out[key] = bands
+        return out
+
     def describe(self) -> dict[str, Any]:
         return {
             "grid": self.grid.describe(),
@@ -254,20 +327,40 @@ def align_to_grid(
         return _Alignment(dataset)
     if grid.crs is None or reference.crs is None:
         if grid.shape == reference.shape:
-            if grid.crs is not None or reference.crs is not None:
+            if grid.crs is not None or reference.crs is not None or grid.gcps or reference.gcps:
                 missing = label if grid.crs is None else reference_label
-                console.warn(f"{missing} has no CRS; {label} has the same size as "
+                how = ("is georeferenced by ground control points only (no map grid)"
+                       if (grid if missing == label else reference).gcps else "has no CRS")
+                console.warn(f"{missing} {how}; {label} has the same size as "
                              f"{reference_label} and is taken as co-registered")
             return _Alignment(dataset)
         missing = label if grid.crs is None else reference_label
+        if (grid if missing == label else reference).gcps:
+            raise AlignmentError(
+                f"{missing} is georeferenced by ground control points only, and {label} "
+                f"({grid.width}x{grid.height}) differs in size from {reference_label} "
+                f"({reference.width}x{reference.height}): s2fin cannot resample onto GCPs",
+                hint="orthorectify it onto a map grid first, e.g. gdalwarp -t_srs EPSG:<code> "
+                     "-tps in.tif out.tif",
+            )
         raise AlignmentError(
             f"{missing} has no CRS and {label} ({grid.width}x{grid.height}) differs in size from "
             f"{reference_label} ({reference.width}x{reference.height})",
             hint="georeference both rasters, or resample them to the same size",
         )
-    coverage = reference.coverage_by(grid)
+    try:
+        with gdal_messages():
+            coverage = reference.coverage_by(grid)
+    except Exception as exc:  # PROJ cannot relate the two CRSs (rasterio raises several types)
+        raise AlignmentError(
+            f"{label} ({crs_label(grid.crs)}) cannot be transformed to the CRS of "
+            f"{reference_label} ({crs_label(reference.crs)}): {_crs_error_text(exc)}",
+            hint="reproject one raster onto the other's CRS (gdalwarp -t_srs), or check PROJ's "
+                 "data (PROJ_DATA)",
+        ) from None
     if coverage <= 0:
-        west, south, east, north = transform_bounds(grid.crs, reference.crs, *grid.bounds)
+        with gdal_messages():
+            west, south, east, north = transform_bounds(grid.crs, reference.crs, *grid.bounds)
         ref = reference.bounds
         raise AlignmentError(
             f"{label} does not overlap {reference_label}: {label} covers "
@@ -296,6 +389,31 @@ def align_to_grid(
     return _Alignment(vrt, notes, [vrt])
 
 
+def _crs_error_text(exc: BaseException) -> str:
+    """PROJ's reason in one line: its messages embed CRSs as multi-line PROJJSON, which is
+    replaced by the CRS's type and name."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+
+    def short(match: re.Match[str]) -> str:
+        blob = match.group(0)
+        kind = re.search(r'"type": "(\w+)"', blob)
+        name = re.search(r'"name": "([^"]*)"', blob)
+        return f"{kind.group(1) if kind else 'CRS'} {name.group(1) if name else ''}".strip()
+
+    return re.sub(r"\{.*?\}(?=')|\{.*\}", short, text)[:300]
+
+
+def crs_label(crs: Any) -> str:
+    """A CRS in a few words: ``EPSG:32632``, else its WKT type and name (never a WKT dump)."""
+    if crs is None:
+        return "no CRS"
+    epsg = crs.to_epsg()
+    if epsg:
+        return f"EPSG:{epsg}"
+    match = re.match(r'\s*(\w+)\["([^"]*)"', crs.to_wkt())
+    return f'{match.group(1)} "{match.group(2)}"' if match else "a CRS without a code"
+
+
 def _grid_text(grid: Grid) -> str:
     crs = grid.crs.to_string() if grid.crs else "no CRS"
     rx, ry = grid.resolution
@@ -319,8 +437,10 @@ def open_scene(
     optical_ds = open_raster(optical_path)
     closers: list[Any] = [optical_ds]
     try:
+        refuse_complex(optical_ds, optical_path, "the HSI")
         aux_ds = open_raster(aux_path)
         closers.append(aux_ds)
+        refuse_complex(aux_ds, aux_path, f"the {aux_kind} raster")
         grid = Grid.of(optical_ds)
         notes = _check_geographic(grid, f"the HSI {Path(optical_path).name}")
         alignment = align_to_grid(aux_ds, grid, label=f"{aux_kind} raster {Path(aux_path).name}")
@@ -332,9 +452,10 @@ def open_scene(
         aux_idx = tuple(range(1, aux_ds.count + 1))
         optical = Modality("optical", Path(optical_path), optical_idx,
                            _band_names(optical_ds, optical_idx, "optical"),
-                           optical_ds.dtypes[0], _nodata(optical_ds))
+                           optical_ds.dtypes[0], _nodata(optical_ds),
+                           *band_scaling(optical_ds, optical_idx))
         aux = Modality(aux_kind, Path(aux_path), aux_idx, _band_names(aux_ds, aux_idx, aux_kind),
-                       aux_ds.dtypes[0], _nodata(aux_ds))
+                       aux_ds.dtypes[0], _nodata(aux_ds), *band_scaling(aux_ds, aux_idx))
         return Scene(grid, optical, aux, aux_kind, optical_ds, alignment.source, notes, closers,
                      aux_warped=alignment.source is not aux_ds)
     except BaseException:
@@ -381,6 +502,7 @@ def open_stacked_scene(
     """Open a stacked raster (optical bands first, then auxiliary bands) as a scene."""
     dataset = open_raster(path)
     try:
+        refuse_complex(dataset, path, "the scene")
         n_opt, n_aux, recorded_kind = stacked_layout(dataset, aux_bands)
         kind: AuxKind = aux_kind or recorded_kind or "lidar"
         if aux_kind and recorded_kind and aux_kind != recorded_kind:
@@ -390,9 +512,9 @@ def open_stacked_scene(
         opt_idx = tuple(range(1, n_opt + 1))
         aux_idx = tuple(range(n_opt + 1, n_opt + n_aux + 1))
         optical = Modality("optical", Path(path), opt_idx, _band_names(dataset, opt_idx, "optical"),
-                           dataset.dtypes[0], _nodata(dataset))
+                           dataset.dtypes[0], _nodata(dataset), *band_scaling(dataset, opt_idx))
         aux = Modality(kind, Path(path), aux_idx, _band_names(dataset, aux_idx, kind),
-                       dataset.dtypes[n_opt], _nodata(dataset))
+                       dataset.dtypes[n_opt], _nodata(dataset), *band_scaling(dataset, aux_idx))
         return Scene(grid, optical, aux, kind, dataset, dataset, notes, [dataset])
     except BaseException:
         dataset.close()

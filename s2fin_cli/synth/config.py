@@ -6,6 +6,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
+
 from s2fin_cli.classes import ClassInfo, ClassTable
 from s2fin_cli.errors import ConfigError
 from s2fin_cli.synth.spectra import MSI_BAND_SETS
@@ -14,6 +17,7 @@ PRESETS = ("urban", "agricultural", "msi-sar")
 OPTICAL_KINDS = ("vnir", "vnir-swir", "msi")
 ACTIVE_KINDS = ("lidar", "sar")
 SAR_POLARIZATIONS = {2: ("VV", "VH"), 4: ("VV", "VH", "HH", "HV")}
+ORIGIN_EPSG = 32632  # the CRS of SynthConfig.origin
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,9 @@ _URBAN_CLASSES = (
               "the road's asphalt 4-25 m up: only the height (LiDAR) separates it"),
     ClassSpec("roof_concrete", "Roof (concrete)", (235, 170, 150),
               "bright flat roof; spectrally the membrane roof's twin"),
-    ClassSpec("roof_membrane", "Roof (membrane)", (245, 205, 70),
+    # Light grey-white (was #f5cd46, a yellow CIEDE2000 5.9 from Row crops): every preset's
+    # closest pair of colours is at least 15 apart (tests/reliability/test_io_findings.py).
+    ClassSpec("roof_membrane", "Roof (membrane)", (225, 225, 235),
               "the concrete continuum plus narrow C-H absorptions (915, 1210, 1730, 2310 nm): "
               "only fine spectral detail separates it"),
     ClassSpec("trees", "Trees", (25, 100, 35),
@@ -69,7 +75,7 @@ _AGRI_CLASSES = (
     ClassSpec("soil_clay", "Bare soil (clay)", (160, 110, 60),
               "the same soil continuum as the calcareous soil; a narrow Al-OH absorption at "
               "2205 nm only"),
-    ClassSpec("soil_carbonate", "Bare soil (calcareous)", (210, 190, 150),
+    ClassSpec("soil_carbonate", "Bare soil (calcareous)", (230, 225, 205),
               "the clay soil's continuum; a narrow carbonate absorption at 2338 nm only"),
     ClassSpec("forest", "Forest", (25, 100, 35),
               "leaves like meadow; tall rough canopy (SAR volume scattering)"),
@@ -130,7 +136,9 @@ class SynthConfig:
     pixel_size: float = 1.0
     oversample: int = 1
     epsg: int = 32632
-    origin: tuple[float, float] = (691200.0, 5335800.0)  # upper-left corner (x, y)
+    # Upper-left corner (x, y) in ORIGIN_EPSG (UTM 32N metres): the place the scene shows. With
+    # another --epsg the same place is expressed in that CRS (see synth.scene.scene_grid).
+    origin: tuple[float, float] = (691200.0, 5335800.0)
     psf_sigma: float | None = None  # optical PSF in output pixels; None: 0.45 + 0.3 * difficulty
     train_per_class: int = 30
     train_fraction: float = 0.35  # share of each class's objects reserved for training
@@ -206,6 +214,17 @@ class SynthConfig:
             raise ConfigError(f"nodata edge {self.nodata_edge} is out of range", hint="0 to 0.3")
         if self.psf_sigma is not None and not 0.0 <= self.psf_sigma <= 5.0:
             raise ConfigError(f"PSF sigma {self.psf_sigma} is out of range", hint="0 to 5 pixels")
+        self.crs()
+
+    def crs(self) -> CRS:
+        """The grid's CRS; :class:`ConfigError` (exit 9) for an EPSG code PROJ does not know."""
+        try:
+            return CRS.from_epsg(self.epsg)
+        except (CRSError, ValueError) as exc:
+            reason = " ".join(str(exc).split())[:200]
+            raise ConfigError(f"--epsg {self.epsg} is not a CRS PROJ knows ({reason})",
+                              hint="e.g. 32632 (UTM zone 32N), 3035 (LAEA Europe) or 4326 "
+                                   "(WGS 84, degrees)") from None
 
     @property
     def class_specs(self) -> tuple[ClassSpec, ...]:

@@ -9,10 +9,13 @@ from typing import Any
 import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.errors import CRSError
+from rasterio.warp import transform as warp_transform
 
 from s2fin_cli.classes import ClassTable
+from s2fin_cli.errors import ConfigError
 from s2fin_cli.io.grid import Grid
-from s2fin_cli.synth.config import SAR_POLARIZATIONS, SynthConfig
+from s2fin_cli.synth.config import ORIGIN_EPSG, SAR_POLARIZATIONS, SynthConfig
 from s2fin_cli.synth.labels import LabelReport, downsample_classes, make_labels
 from s2fin_cli.synth.layout import generate_layout
 from s2fin_cli.synth.sensors import (
@@ -82,11 +85,43 @@ def band_set(config: SynthConfig) -> BandSet:
     return hyperspectral_bands(config.bands, config.optical)
 
 
+# Metres per degree of latitude, and of longitude at the equator (WGS 84, rounded).
+_M_PER_DEG_LAT = 110_574.0
+_M_PER_DEG_LON = 111_320.0
+
+
 def scene_grid(config: SynthConfig) -> Grid:
+    """The scene's grid: ``pixel_size`` metres per pixel at the preset's place, in ``--epsg``.
+
+    The place is ``config.origin`` in UTM 32N (:data:`ORIGIN_EPSG`). In another CRS the scene's
+    centre is reprojected and the pixel size converted to that CRS's units: metres divided by
+    the unit's length for a projected CRS (US feet ...), degrees for a geographic one (latitude:
+    metres / 110574; longitude: metres / (111320 cos latitude), so pixels stay square on the
+    ground).
+    """
+    crs = config.crs()
     x0, y0 = config.origin
     px = config.pixel_size
-    return Grid(CRS.from_epsg(config.epsg), Affine(px, 0.0, x0, 0.0, -px, y0),
-                config.width, config.height)
+    if config.epsg == ORIGIN_EPSG:
+        return Grid(crs, Affine(px, 0.0, x0, 0.0, -px, y0), config.width, config.height)
+    cx, cy = x0 + config.width * px / 2, y0 - config.height * px / 2
+    try:
+        xs, ys = warp_transform(CRS.from_epsg(ORIGIN_EPSG), crs, [cx], [cy])
+        if crs.is_geographic:
+            lat = float(ys[0])
+            px_x = px / (_M_PER_DEG_LON * max(math.cos(math.radians(lat)), 1e-6))
+            px_y = px / _M_PER_DEG_LAT
+        else:
+            metres_per_unit = float(crs.linear_units_factor[1])
+            px_x = px_y = px / metres_per_unit
+    except (CRSError, ValueError) as exc:
+        raise ConfigError(f"cannot place the synthetic scene in EPSG:{config.epsg}: {exc}") \
+            from None
+    ox, oy = float(xs[0]) - config.width * px_x / 2, float(ys[0]) + config.height * px_y / 2
+    if not all(math.isfinite(v) for v in (ox, oy, px_x, px_y)):
+        raise ConfigError(f"the synthetic scene's place (UTM 32N {cx:.0f}, {cy:.0f}) is outside "
+                          f"what EPSG:{config.epsg} can express", hint="choose a CRS for Europe")
+    return Grid(crs, Affine(px_x, 0.0, ox, 0.0, -px_y, oy), config.width, config.height)
 
 
 def _swath_edge(config: SynthConfig) -> np.ndarray:

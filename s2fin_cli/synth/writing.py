@@ -20,7 +20,11 @@ scene.json             the command, config, seed, grid, classes (with the confus
                        there to create), label protocol, counts and SHA-256 of every array.
 =====================  ==========================================================================
 
-Label rasters carry the class colour table and a QGIS ``.qml`` sidecar, and declare nodata 0.
+Label rasters carry the class colour table, category names and a raster attribute table
+(``.aux.xml``) and a QGIS ``.qml`` sidecar, and declare nodata 0. Every file, sidecars included,
+is checked before anything is generated into place (:func:`check_outputs`), and all of them are
+renamed into place together once the last is written: a failure (a creation option GDAL
+refuses, a full disk) leaves an existing scene untouched.
 """
 
 from __future__ import annotations
@@ -35,8 +39,11 @@ import numpy as np
 
 from s2fin_cli import __version__
 from s2fin_cli.errors import ConfigError, OutputError
-from s2fin_cli.io.writer import check_output_path, write_raster, write_text
-from s2fin_cli.synth.scene import SynthScene, describe
+from s2fin_cli.io.gdal import check_creation_profile
+from s2fin_cli.io.outputs import Output, check_outputs
+from s2fin_cli.io.writer import AtomicGroup, geotiff_profile, write_raster, write_text
+from s2fin_cli.synth.config import SynthConfig
+from s2fin_cli.synth.scene import SynthScene, describe, scene_grid
 
 HSI_SCALE = 10000
 HSI_NODATA_INT16 = -32768
@@ -46,9 +53,14 @@ OPTICAL_DTYPES = ("int16", "float32")
 
 def scene_file_names(scene: SynthScene) -> dict[str, str]:
     """Role -> file name for the files :func:`write_scene` writes."""
+    return config_file_names(scene.config)
+
+
+def config_file_names(config: SynthConfig) -> dict[str, str]:
+    """Role -> file name for the files a scene of ``config`` is written as."""
     return {
         "hsi": "hsi.tif",
-        scene.config.active: f"{scene.config.active}.tif",
+        config.active: f"{config.active}.tif",
         "ground_truth": "ground_truth.tif",
         "train_labels": "train_labels.tif",
         "test_labels": "test_labels.tif",
@@ -70,16 +82,23 @@ def _sha(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
-def write_scene(scene: SynthScene, out_dir: str | Path, overwrite: bool = False, *,
-                optical_dtype: str = "int16", command: str | None = None,
-                creation_options: Mapping[str, str] | None = None) -> dict[str, Path]:
-    """Write ``scene`` into ``out_dir`` (created if missing); returns role -> path.
+_LABEL_ROLES = ("ground_truth", "train_labels", "test_labels")
 
-    Every output is checked before anything is written, so an existing file (without
-    ``overwrite``) leaves the directory untouched.
-    """
+
+def prepare_outputs(config: SynthConfig, out_dir: str | Path, *, overwrite: bool = False,
+                    optical_dtype: str = "int16",
+                    creation_options: Mapping[str, str] | None = None) -> dict[str, Path]:
+    """Check everything :func:`write_scene` will write, before a scene is generated: the
+    optical dtype, the creation options (GDAL tries each raster's profile in memory), the output
+    folder (created) and every file and sidecar (:func:`check_outputs`). Returns role -> path."""
     if optical_dtype not in OPTICAL_DTYPES:
         raise ConfigError(f"optical dtype {optical_dtype!r}", hint="int16 or float32")
+    grid = scene_grid(config)
+    co = dict(creation_options or {})
+    for dtype, nodata in ((optical_dtype, HSI_NODATA_INT16 if optical_dtype == "int16"
+                           else float("nan")), ("float32", FLOAT_NODATA), ("uint8", 0)):
+        check_creation_profile(geotiff_profile(grid, count=1, dtype=dtype, nodata=nodata,
+                                               creation_options=co), co or None)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} exists and is not a directory")
@@ -87,10 +106,34 @@ def write_scene(scene: SynthScene, out_dir: str | Path, overwrite: bool = False,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {out}: {exc.strerror}") from exc
+    paths = {role: out / name for role, name in config_file_names(config).items()}
+    check_outputs([Output(path, None if role == "scene" else "GTiff", role in _LABEL_ROLES)
+                   for role, path in paths.items()], [], overwrite=overwrite)
+    return paths
+
+
+def write_scene(scene: SynthScene, out_dir: str | Path, overwrite: bool = False, *,
+                optical_dtype: str = "int16", command: str | None = None,
+                creation_options: Mapping[str, str] | None = None) -> dict[str, Path]:
+    """Write ``scene`` into ``out_dir`` (created if missing); returns role -> path.
+
+    Every output is checked before anything is written (:func:`prepare_outputs`), and the files
+    appear together when the last is written, so an existing file (without ``overwrite``) or a
+    failure midway leaves the directory as it was.
+    """
+    paths = prepare_outputs(scene.config, out_dir, overwrite=overwrite,
+                            optical_dtype=optical_dtype, creation_options=creation_options)
     names = scene_file_names(scene)
-    paths = {role: out / name for role, name in names.items()}
-    for path in paths.values():
-        check_output_path(path, overwrite=overwrite)
+    with AtomicGroup() as group:
+        _write_files(scene, paths, names, group, overwrite=overwrite,
+                     optical_dtype=optical_dtype, command=command or
+                     scene.config.command(str(out_dir)), creation_options=creation_options)
+    return paths
+
+
+def _write_files(scene: SynthScene, paths: dict[str, Path], names: dict[str, str],
+                 group: AtomicGroup, *, overwrite: bool, optical_dtype: str, command: str,
+                 creation_options: Mapping[str, str] | None) -> None:
 
     cfg = scene.config
     grid = scene.grid
@@ -113,7 +156,7 @@ def write_scene(scene: SynthScene, out_dir: str | Path, overwrite: bool = False,
                  for w, f in zip(centers, scene.bands.fwhm, strict=True)]
     write_raster(paths["hsi"], optical, grid, nodata=nodata,
                  band_descriptions=scene.bands.descriptions(), tags=optical_tags,
-                 band_tags=band_tags, overwrite=overwrite, creation_options=co)
+                 band_tags=band_tags, overwrite=overwrite, creation_options=co, group=group)
 
     if cfg.active == "lidar":
         active_tags = {"sensor": "airborne LiDAR", "units": "m (DSM)", "synthetic": "s2fin synth",
@@ -128,7 +171,7 @@ def write_scene(scene: SynthScene, out_dir: str | Path, overwrite: bool = False,
                        "look_direction": "east", "synthetic": "s2fin synth"}
     write_raster(paths[cfg.active], scene.active.astype(np.float32), grid, nodata=FLOAT_NODATA,
                  band_descriptions=scene.active_names, tags=active_tags, overwrite=overwrite,
-                 creation_options=co)
+                 creation_options=co, group=group)
 
     for role, array, desc in (("ground_truth", scene.ground_truth, "ground truth"),
                               ("train_labels", scene.train_labels, "training labels"),
@@ -136,12 +179,12 @@ def write_scene(scene: SynthScene, out_dir: str | Path, overwrite: bool = False,
         write_raster(paths[role], array.astype(np.uint8), grid, nodata=0,
                      band_descriptions=[desc], classes=scene.classes,
                      tags={"synthetic": "s2fin synth"},
-                     overwrite=overwrite, creation_options=co)
+                     overwrite=overwrite, creation_options=co, group=group)
 
     meta: dict[str, Any] = {
         "generator": "s2fin synth",
         "s2fin_version": __version__,
-        "command": command or cfg.command(str(out_dir)),
+        "command": command,
         "seed": cfg.seed,
         "preset": cfg.preset,
         "config": cfg.to_json(),
@@ -162,5 +205,5 @@ def write_scene(scene: SynthScene, out_dir: str | Path, overwrite: bool = False,
                    "train_labels": _sha(scene.train_labels),
                    "test_labels": _sha(scene.test_labels)},
     }
-    write_text(paths["scene"], json.dumps(meta, indent=2) + "\n", overwrite=overwrite)
-    return paths
+    write_text(paths["scene"], json.dumps(meta, indent=2) + "\n", overwrite=overwrite,
+               group=group)

@@ -1,11 +1,18 @@
 """The reliability matrix's harness: the real CLI as a subprocess and what a batch job on a GIS
 server checks of it (the exit code of README's table, one ``error: ...`` line on stderr and no
 traceback, no output or temporary file left behind), and the session's tiny inputs.
+
+``S2FIN_TEST_WITHOUT_OSGEO=1`` runs the whole matrix as in a virtual environment without GDAL's
+Python bindings: ``import osgeo`` fails in the CLI subprocesses and in this process
+(``no_osgeo/sitecustomize.py``). CI runs the matrix both ways.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import runpy
+import stat
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -24,17 +31,30 @@ TINY_TRAIN = ["--epochs", "2", "--dim", "8", "--depth", "1", "--patch-size", "7"
               "0", "--split-block", "8", "--val-fraction", "0.25", "--device", "cpu"]
 PREDICT_FAST = ["--device", "cpu", "--batch-size", "256"]
 CLI_TIMEOUT_S = 180
+WITHOUT_OSGEO = os.environ.get("S2FIN_TEST_WITHOUT_OSGEO") == "1"
+_HIDE_OSGEO = Path(__file__).resolve().parent / "no_osgeo"
+if WITHOUT_OSGEO:
+    runpy.run_path(str(_HIDE_OSGEO / "sitecustomize.py"))
 
 
 def cli_env(**extra: str) -> dict[str, str]:
     """The environment of a CLI subprocess: one torch/BLAS thread (2 shared cores), the
-    repository importable, no colours."""
+    repository importable, no colours (and no osgeo with ``S2FIN_TEST_WITHOUT_OSGEO=1``)."""
     env = dict(os.environ)
+    paths = [*([str(_HIDE_OSGEO)] if WITHOUT_OSGEO else []), str(REPO_ROOT),
+             env.get("PYTHONPATH")]
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", NO_COLOR="1", TERM="dumb",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT),
-                                                        env.get("PYTHONPATH")])))
+               PYTHONPATH=os.pathsep.join(filter(None, paths)))
     env.pop("GDAL_CACHEMAX", None)
     env.update(extra)
+    return env
+
+
+def cli_env_without_osgeo(**extra: str) -> dict[str, str]:
+    """:func:`cli_env` with GDAL's Python bindings hidden, whatever S2FIN_TEST_WITHOUT_OSGEO."""
+    env = cli_env(**extra)
+    if not WITHOUT_OSGEO:
+        env["PYTHONPATH"] = os.pathsep.join([str(_HIDE_OSGEO), env["PYTHONPATH"]])
     return env
 
 
@@ -53,6 +73,20 @@ def snapshot(*directories: Path) -> set[Path]:
     for d in directories:
         if d.is_dir():
             out |= {p for p in d.rglob("*")}
+    return out
+
+
+def digests(*directories: Path) -> dict[str, str]:
+    """Every file under ``directories`` with its SHA-256 (other kinds of files, FIFOs and
+    devices, with their kind): compare before and after a run to prove nothing changed."""
+    out: dict[str, str] = {}
+    for d in directories:
+        for p in sorted(d.rglob("*")) if d.is_dir() else []:
+            mode = os.lstat(p).st_mode
+            if stat.S_ISREG(mode):
+                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+            elif not stat.S_ISDIR(mode):
+                out[str(p)] = f"mode {stat.S_IFMT(mode):o}"
     return out
 
 

@@ -58,5 +58,6 @@ def test_two_predicts_into_one_directory(tiny: TinyData, tmp_path: Path) -> None
         np.testing.assert_array_equal(confidence, _read(tmp_path / "single.confidence.tif")[0])
         assert (shared / f"{name}.qml").read_text() == (tmp_path / "single.qml").read_text()
     assert sorted(p.name for p in shared.iterdir() if not p.name.endswith(".aux.xml")) == [
-        "a.confidence.tif", "a.qml", "a.tif", "b.confidence.tif", "b.qml", "b.tif"]
+        "a.confidence.qml", "a.confidence.tif", "a.qml", "a.tif", "b.confidence.qml",
+        "b.confidence.tif", "b.qml", "b.tif"]
     assert not leftovers(tmp_path)

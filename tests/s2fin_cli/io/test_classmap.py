@@ -126,8 +126,8 @@ def test_cog_output_is_valid_with_overviews(tmp_path: Path) -> None:
 def test_probabilities_encoding_and_scale(tmp_path: Path) -> None:
     p = np.array([0.0, 1.0, 0.5, 1 / 3, np.nan], np.float32)
     enc = encode_probability(p)
-    assert enc.tolist() == [1, 255, 128, 86, 0]
-    np.testing.assert_allclose(decode_probability(enc)[:4], p[:4], atol=1 / 508)
+    assert enc.tolist() == [0, 250, 125, 83, 255]
+    np.testing.assert_allclose(decode_probability(enc)[:4], p[:4], atol=1 / 500)
     assert np.isnan(decode_probability(enc)[4])
     grid = utm_grid(width=10, height=8)
     arr = _class_array(grid)
@@ -135,13 +135,13 @@ def test_probabilities_encoding_and_scale(tmp_path: Path) -> None:
                          confidence=tmp_path / "c.tif")
     _write(grid, outputs, arr, block=4)
     with rasterio.open(tmp_path / "p.tif") as ds:
-        assert ds.count == len(CLASSES) and ds.nodata == 0 and ds.dtypes[0] == "uint8"
+        assert ds.count == len(CLASSES) and ds.nodata == 255 and ds.dtypes[0] == "uint8"
         assert ds.descriptions[1] == "P(trees & shrubs)"
         assert ds.tags(2)["class_id"] == "2"
         probs = ds.read(masked=True).astype(np.float64) * ds.scales[0] + ds.offsets[0]
-        np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=len(CLASSES) / 508)
+        np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=len(CLASSES) / 500)
     with rasterio.open(tmp_path / "c.tif") as ds:
-        assert ds.count == 1 and (ds.read(1) > 0).all()
+        assert ds.count == 1 and (ds.read(1) <= 250).all()
 
 
 def test_error_midway_leaves_nothing(tmp_path: Path) -> None:
@@ -167,16 +167,17 @@ def test_existing_output_refused_and_overwrite_drops_stale_sidecar(tmp_path: Pat
         assert ds.count == 1
 
 
-def test_without_osgeo_warns_and_skips_categories(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_categories_are_written_without_osgeo(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "osgeo", None)  # import osgeo raises ImportError
     grid = utm_grid(width=8, height=8)
     _write(grid, MapOutputs(tmp_path / "m.tif"), _class_array(grid))
-    assert "osgeo" in capsys.readouterr().err
-    assert _files(tmp_path) == {"m.tif", "m.qml"}
+    assert _files(tmp_path) == {"m.tif", "m.tif.aux.xml", "m.qml"}
     with rasterio.open(tmp_path / "m.tif") as ds:
         assert ds.colormap(1)[1][:3] == CLASSES.classes[0].color
+    info = json.loads(subprocess.run(["gdalinfo", "-json", str(tmp_path / "m.tif")], check=True,
+                                     capture_output=True, text=True).stdout)
+    assert info["bands"][0]["categories"][1:5] == ["water", "trees & shrubs", "", "<roads>"]
 
 
 def test_overview_factors() -> None:
@@ -219,8 +220,8 @@ def test_unstyled_output_and_encoded_writes(tmp_path: Path) -> None:
                                          encode_probability(probs[:, rs, cs]),
                                          encode_probability(conf[rs, cs]))
         paths[name] = outputs
-    assert _files(tmp_path) == {"a.tif", "a.tif.aux.xml", "a.qml", "ap.tif", "ac.tif", "b.tif",
-                                "bp.tif", "bc.tif"}
+    assert _files(tmp_path) == {"a.tif", "a.tif.aux.xml", "a.qml", "ap.tif", "ap.qml", "ac.tif",
+                                "ac.qml", "b.tif", "bp.tif", "bc.tif"}
     for a, b in (("a.tif", "b.tif"), ("ap.tif", "bp.tif"), ("ac.tif", "bc.tif")):
         with rasterio.open(tmp_path / a) as x, rasterio.open(tmp_path / b) as y:
             assert np.array_equal(x.read(), y.read()) and x.tags() == y.tags()

@@ -216,3 +216,36 @@ def test_real_sen1floods11_chip_reports_geographic_crs(shared_data: Path) -> Non
         block = scene.read(Window(100, 100, 32, 32), halo=5)
     assert block.optical.shape == (13, 42, 42) and block.aux.shape == (2, 42, 42)
     assert np.isfinite(block.aux).mean() > 0.5
+
+
+def test_gdal_scale_offset_applied_after_nodata_and_value_summary(tmp_path: Path,
+                                                                  grid: Grid) -> None:
+    import rasterio
+
+    raw = np.random.default_rng(3).integers(0, 1000, (2, *grid.shape)).astype(np.int16)
+    raw[:, 0, 0] = -1  # nodata: masked on the raw value, before scaling
+    path = write_raster(tmp_path / "hsi.tif", raw, grid, nodata=-1)
+    with rasterio.open(path, "r+") as ds:
+        ds.scales = (0.5, 2.0)
+        ds.offsets = (10.0, 0.0)
+    dsm = write_raster(tmp_path / "dsm.tif", np.ones((1, *grid.shape), np.float32), grid)
+    with open_scene(path, dsm, "lidar") as scene:
+        assert scene.optical.scaled and scene.optical.scales == (0.5, 2.0)
+        block = scene.read(grid.full_window())
+        summary = scene.value_summary(max_pixels=grid.width * grid.height)
+    expected = raw.astype(np.float32) * np.array([0.5, 2.0], np.float32)[:, None, None]
+    expected += np.array([10.0, 0.0], np.float32)[:, None, None]
+    expected[:, 0, 0] = np.nan
+    np.testing.assert_array_equal(block.optical, expected)
+    valid = expected[:, ~np.isnan(expected[0])]
+    assert [b["min"] for b in summary["optical"]] == pytest.approx(valid.min(axis=1))
+    assert [b["mean"] for b in summary["optical"]] == pytest.approx(valid.mean(axis=1))
+    assert summary["aux"][0]["std"] == 0.0 and summary["aux"][0]["valid"] == 1.0
+
+
+def test_complex_bands_are_refused(tmp_path: Path, grid: Grid) -> None:
+    hsi = write_raster(tmp_path / "hsi.tif", _hsi(grid), grid)
+    slc = write_raster(tmp_path / "slc.tif", np.ones((1, *grid.shape), np.complex64), grid,
+                       creation_options={"PREDICTOR": "1"})
+    with pytest.raises(InputError, match="complex"):
+        open_scene(hsi, slc, "sar")

@@ -11,7 +11,7 @@ import pytest
 import rasterio
 
 from s2fin_cli.classes import ClassTable
-from s2fin_cli.errors import OutputError
+from s2fin_cli.errors import ConfigError, OutputError
 from s2fin_cli.io.grid import Grid
 from s2fin_cli.io.writer import (
     CLASSES_TAG,
@@ -101,7 +101,7 @@ def test_output_directory_problems(tmp_path: Path, grid: Grid) -> None:
 def test_creation_options() -> None:
     assert parse_creation_options(["zlevel=9", "PREDICTOR=2"]) == {"ZLEVEL": "9",
                                                                    "PREDICTOR": "2"}
-    with pytest.raises(OutputError, match="KEY=VALUE"):
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_creation_options(["ZLEVEL"])
 
 
