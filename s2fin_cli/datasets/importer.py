@@ -336,7 +336,49 @@ def import_dataset(
             log.note(f"{path.relative_to(src)} also matches {ROLE_TITLES[item.role]}; using "
                      f"{item.path.relative_to(src)}")
     sums = _check_sums(spec, found, strict, log)
+    loaded = _load_all(spec, found, log)
+    grid = _common_grid(spec, loaded, log)
+    missing = _report_missing(spec, found, loaded, log)
+    counts = _check_counts(spec, loaded, strict, log)
+    targets = _checked_targets(out, found, loaded, overwrite)
+    record: dict[str, Any] = {
+        "format": RECORD_FORMAT,
+        "s2fin_version": __version__,
+        "dataset": spec.name,
+        "title": spec.title,
+        "citation": spec.citation,
+        "official_split": spec.official_split,
+        "source_dir": str(src.resolve()),
+        "georeferenced": grid.is_georeferenced,
+        "gsd_m": spec.gsd,
+        "grid": grid.describe(),
+        "classes": spec.classes.to_json(),
+        "outputs": {role: path.name for role, path in targets.items()},
+        "files": [
+            {
+                "role": role,
+                "path": str(entry.found.path.relative_to(src)),
+                "key": entry.key,
+                "sha256": sums[entry.found.path][0],
+                "checksum": sums[entry.found.path][1],
+                "shape": list(entry.array.shape),
+                "dtype": str(entry.array.dtype),
+            }
+            for role, entry in loaded.items()
+        ],
+        "missing": missing,
+        "label_counts": {role: {str(i): n for i, n in enumerate(c, start=1)}
+                         for role, c in counts.items()},
+        "notes": log.notes,
+        "warnings": log.warnings,
+    }
+    _write_all(spec, loaded, targets, grid, record, out, overwrite, creation_options)
+    return ImportResult(spec, out, targets, record, log.notes, log.warnings)
 
+
+def _load_all(spec: DatasetSpec, found: dict[Role, FoundFile], log: _Log) -> dict[Role, _Loaded]:
+    """Read every image and label role found (labels given as coordinates take their classes
+    from the ground truth map)."""
     n_classes = len(spec.class_names)
     loaded: dict[Role, _Loaded] = {}
     for role in IMAGE_ROLES:
@@ -365,8 +407,11 @@ def import_dataset(
         assert key is not None
         loaded[role] = _Loaded(item, key, _labels_from_coords(
             raw, loaded["ground_truth"].array, item.path, key, log))
+    return loaded
 
-    # One pixel grid for everything.
+
+def _common_grid(spec: DatasetSpec, loaded: dict[Role, _Loaded], log: _Log) -> Grid:
+    """One pixel grid for everything: the files' georeferencing, or a local grid."""
     shapes = {role: item.array.shape[-2:] for role, item in loaded.items()}
     if len(set(shapes.values())) > 1:
         listing = ", ".join(f"{item.found.path.name} {tuple(shapes[r])}"
@@ -383,22 +428,26 @@ def import_dataset(
                 log.note(f"{loaded[role].found.path.name}: {bands} band(s); the published "
                          f"{ROLE_TITLES[role]} has {spec.bands[role]}")
     geo = [(role, item) for role, item in loaded.items() if item.grid is not None]
-    if geo:
-        grid = geo[0][1].grid
-        assert grid is not None
-        for _role, other in geo[1:]:
-            if other.grid is not None and not other.grid.same_as(grid):
-                raise AlignmentError(f"{other.found.path.name} and {geo[0][1].found.path.name} "
-                                     "are georeferenced differently")
-        plain = [other.found.path.name for other in loaded.values() if other.grid is None]
-        log.note(f"using the georeferencing of {geo[0][1].found.path.name}"
-                 + (f"; {', '.join(plain)} (not georeferenced) put on the same pixel grid"
-                    if plain else ""))
-    else:
-        grid = _local_grid(spec, shape)
+    if not geo:
         log.note(f"the {spec.name} source files carry no georeferencing: writing a local pixel "
                  f"grid (no CRS, {spec.gsd:g} m pixels, top-left corner at 0, 0)")
+        return _local_grid(spec, shape)
+    grid = geo[0][1].grid
+    assert grid is not None
+    for _role, other in geo[1:]:
+        if other.grid is not None and not other.grid.same_as(grid):
+            raise AlignmentError(f"{other.found.path.name} and {geo[0][1].found.path.name} "
+                                 "are georeferenced differently")
+    plain = [other.found.path.name for other in loaded.values() if other.grid is None]
+    log.note(f"using the georeferencing of {geo[0][1].found.path.name}"
+             + (f"; {', '.join(plain)} (not georeferenced) put on the same pixel grid"
+                if plain else ""))
+    return grid
 
+
+def _report_missing(spec: DatasetSpec, found: dict[Role, FoundFile],
+                    loaded: dict[Role, _Loaded], log: _Log) -> list[dict[str, Any]]:
+    """Say which expected files were not found; the list dataset.json records."""
     missing: list[dict[str, Any]] = []
     for role in ROLES:
         if role not in loaded and spec.sources.get(role):
@@ -421,7 +470,13 @@ def import_dataset(
         note = found[role].source.note if role in loaded else ""
         if note:
             log.note(f"{found[role].path.name}: {note}")
+    return missing
 
+
+def _check_counts(spec: DatasetSpec, loaded: dict[Role, _Loaded], strict: bool,
+                  log: _Log) -> dict[Role, list[int]]:
+    """Per-class label counts, compared with the verified counts of the spec."""
+    n_classes = len(spec.class_names)
     counts = {role: _counts(loaded[role].array, n_classes)
               for role in LABEL_ROLES if role in loaded}
     if "train" in loaded and "test" in loaded:
@@ -440,51 +495,29 @@ def import_dataset(
         elif role in counts:
             log.note(f"{loaded[role].found.path.name}: per-class counts match the verified "
                      f"{spec.name} {role} counts")
+    return counts
 
-    # Refuse existing outputs before writing anything.
+
+def _checked_targets(out: Path, found: dict[Role, FoundFile], loaded: dict[Role, _Loaded],
+                     overwrite: bool) -> dict[Role, Path]:
+    """The output path of every loaded role, refused before anything is written when it
+    exists (without ``overwrite``) or is, or resolves to, a source file (always)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create the output folder {out}: {exc.strerror or exc}") from exc
     targets = {role: out / OUTPUT_NAMES[role] for role in ROLES if role in loaded}
-    # Nothing written may be (or resolve to) a source file, even with --overwrite.
     check_outputs([*(Output(path, "GTiff", role in LABEL_ROLES) for role, path in targets.items()),
                    out / RECORD_NAME], [item.path for item in found.values()],
                   overwrite=overwrite)
+    return targets
 
-    classes = spec.classes
-    record: dict[str, Any] = {
-        "format": RECORD_FORMAT,
-        "s2fin_version": __version__,
-        "dataset": spec.name,
-        "title": spec.title,
-        "citation": spec.citation,
-        "official_split": spec.official_split,
-        "source_dir": str(src.resolve()),
-        "georeferenced": grid.is_georeferenced,
-        "gsd_m": spec.gsd,
-        "grid": grid.describe(),
-        "classes": classes.to_json(),
-        "outputs": {role: path.name for role, path in targets.items()},
-        "files": [
-            {
-                "role": role,
-                "path": str(entry.found.path.relative_to(src)),
-                "key": entry.key,
-                "sha256": sums[entry.found.path][0],
-                "checksum": sums[entry.found.path][1],
-                "shape": list(entry.array.shape),
-                "dtype": str(entry.array.dtype),
-            }
-            for role, entry in loaded.items()
-        ],
-        "missing": missing,
-        "label_counts": {role: {str(i): n for i, n in enumerate(c, start=1)}
-                         for role, c in counts.items()},
-        "notes": log.notes,
-        "warnings": log.warnings,
-    }
-    group = AtomicGroup()  # every file appears together, or none does
+
+def _write_all(spec: DatasetSpec, loaded: dict[Role, _Loaded], targets: dict[Role, Path],
+               grid: Grid, record: dict[str, Any], out: Path, overwrite: bool,
+               creation_options: dict[str, str] | None) -> None:
+    """Every raster and dataset.json, appearing together or not at all."""
+    group = AtomicGroup()
     try:
         with warnings.catch_warnings():
             # Said once above, in words; GDAL's warning about a local grid would only confuse.
@@ -499,4 +532,3 @@ def import_dataset(
             raise
         raise translated from exc
     group.commit()
-    return ImportResult(spec, out, targets, record, log.notes, log.warnings)

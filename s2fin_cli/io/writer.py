@@ -402,20 +402,7 @@ def write_raster(
                  if classes is not None else None)
         dst = open_for_writing(raster.tmp, profile, creation_options)
         try:
-            dst.write(array)
-            if band_descriptions is not None:
-                for i, desc in enumerate(band_descriptions, start=1):
-                    dst.set_band_description(i, desc)
-            all_tags = dict(tags or {})
-            if classes is not None:
-                all_tags[CLASSES_TAG] = json.dumps(classes.to_json())
-            if all_tags:
-                dst.update_tags(**all_tags)
-            for i, btags in enumerate(band_tags or (), start=1):
-                dst.update_tags(i, **btags)
-            if classes is not None:
-                dst.update_tags(1, **class_band_tags(classes))
-                dst.write_colormap(1, classes.colormap())
+            _fill(dst, array, band_descriptions, tags, band_tags, classes)
         except BaseException:
             with contextlib.suppress(Exception):
                 dst.close()
@@ -436,6 +423,26 @@ def write_raster(
         with outputs:
             pass
     return final
+
+
+def _fill(dst: Any, array: np.ndarray, band_descriptions: Sequence[str] | None,
+          tags: Mapping[str, str] | None, band_tags: Sequence[Mapping[str, str]] | None,
+          classes: ClassTable | None) -> None:
+    """Write the pixels, band descriptions, tags and (for a class raster) the colour table and
+    class names of an open dataset."""
+    dst.write(array)
+    for i, desc in enumerate(band_descriptions or (), start=1):
+        dst.set_band_description(i, desc)
+    all_tags = dict(tags or {})
+    if classes is not None:
+        all_tags[CLASSES_TAG] = json.dumps(classes.to_json())
+    if all_tags:
+        dst.update_tags(**all_tags)
+    for i, btags in enumerate(band_tags or (), start=1):
+        dst.update_tags(i, **btags)
+    if classes is not None:
+        dst.update_tags(1, **class_band_tags(classes))
+        dst.write_colormap(1, classes.colormap())
 
 
 def class_nbits(max_id: int) -> str | None:

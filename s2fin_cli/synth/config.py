@@ -177,11 +177,31 @@ class SynthConfig:
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}",
                               hint=f"choose one of {', '.join(PRESETS)}")
-        if not (48 <= self.height <= 8192 and 48 <= self.width <= 8192):
-            raise ConfigError(f"scene size {self.height}x{self.width} is out of range",
-                              hint="48 to 8192 pixels per side")
-        if not 0.0 <= self.difficulty <= 1.0:
-            raise ConfigError(f"difficulty {self.difficulty} is outside 0..1")
+        self._check_sensors()
+        ranges = [
+            (48 <= self.height <= 8192 and 48 <= self.width <= 8192,
+             f"scene size {self.height}x{self.width} is out of range",
+             "48 to 8192 pixels per side"),
+            (0.0 <= self.difficulty <= 1.0, f"difficulty {self.difficulty} is outside 0..1", None),
+            (0.1 <= self.pixel_size <= 100.0, f"pixel size {self.pixel_size} m is out of range",
+             "0.1 to 100"),
+            (1 <= self.oversample <= 8, f"oversample {self.oversample} is out of range", "1 to 8"),
+            (self.train_per_class >= 1, "--train-per-class must be at least 1", None),
+            (0.05 <= self.train_fraction <= 0.8,
+             f"train fraction {self.train_fraction} is out of range", "0.05 to 0.8"),
+            (0 <= self.label_buffer <= 64, f"label buffer {self.label_buffer} is out of range",
+             "0 to 64"),
+            (0.0 <= self.nodata_edge <= 0.3, f"nodata edge {self.nodata_edge} is out of range",
+             "0 to 0.3"),
+            (self.psf_sigma is None or 0.0 <= self.psf_sigma <= 5.0,
+             f"PSF sigma {self.psf_sigma} is out of range", "0 to 5 pixels"),
+        ]
+        for ok, message, hint in ranges:
+            if not ok:
+                raise ConfigError(message, hint=hint)
+        self.crs()
+
+    def _check_sensors(self) -> None:
         if self.optical not in OPTICAL_KINDS:
             raise ConfigError(f"unknown optical sensor {self.optical!r}",
                               hint=f"choose one of {', '.join(OPTICAL_KINDS)}")
@@ -199,22 +219,6 @@ class SynthConfig:
                               hint="2 (VV, VH) or 4 (VV, VH, HH, HV)")
         if self.sar_looks is not None and not 1.0 <= self.sar_looks <= 100.0:
             raise ConfigError(f"{self.sar_looks} SAR looks is out of range", hint="1 to 100")
-        if not 0.1 <= self.pixel_size <= 100.0:
-            raise ConfigError(f"pixel size {self.pixel_size} m is out of range", hint="0.1 to 100")
-        if not 1 <= self.oversample <= 8:
-            raise ConfigError(f"oversample {self.oversample} is out of range", hint="1 to 8")
-        if self.train_per_class < 1:
-            raise ConfigError("--train-per-class must be at least 1")
-        if not 0.05 <= self.train_fraction <= 0.8:
-            raise ConfigError(f"train fraction {self.train_fraction} is out of range",
-                              hint="0.05 to 0.8")
-        if not 0 <= self.label_buffer <= 64:
-            raise ConfigError(f"label buffer {self.label_buffer} is out of range", hint="0 to 64")
-        if not 0.0 <= self.nodata_edge <= 0.3:
-            raise ConfigError(f"nodata edge {self.nodata_edge} is out of range", hint="0 to 0.3")
-        if self.psf_sigma is not None and not 0.0 <= self.psf_sigma <= 5.0:
-            raise ConfigError(f"PSF sigma {self.psf_sigma} is out of range", hint="0 to 5 pixels")
-        self.crs()
 
     def crs(self) -> CRS:
         """The grid's CRS; :class:`ConfigError` (exit 9) for an EPSG code PROJ does not know."""

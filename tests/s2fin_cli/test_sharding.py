@@ -258,4 +258,4 @@ def test_sharded_predict_scene_merges_to_single_process_map(tmp_path: Path) -> N
     with rasterio.open(tmp_path / "pm.tif") as ds:
         probs = ds.read()
         assert probs.shape == (3, *grid.shape)
-        assert ((probs == 0) == (single == 0)[None]).all()
+        assert ((probs == 255) == (single == 0)[None]).all()  # 255: probability nodata

@@ -131,7 +131,7 @@ def test_merge_equals_single_process_predict(run: Run, tmp_path: Path) -> None:
     assert "<Category>class A</Category>" in _categories(out) and "<Name>Class" in _categories(out)
     assert (tmp_path / "merged.qml").read_text() == (run.root / "single.qml").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "c.tif", "merged.qml", "merged.tif", "merged.tif.aux.xml", "p.tif"]
+        "c.qml", "c.tif", "merged.qml", "merged.tif", "merged.tif.aux.xml", "p.qml", "p.tif"]
 
 
 def test_merge_subprocess_cog_with_default_name(run: Run, tmp_path: Path) -> None:

@@ -81,7 +81,7 @@ def test_predict_stacked_scene_json(tmp_path: Path, scene: Path, model: Path) ->
     assert {c["name"] for c in report["classes"]} == {f"class {x}" for x in "ABCD"}
     assert _grid(out).same_as(GRID)
     with rasterio.open(out) as ds:
-        assert ds.tags()[TAG_MODEL] == str(model)
+        assert ds.tags()[TAG_MODEL] == model.name  # the name and checksum, not the path
         assert len(ds.tags()[TAG_MODEL_SHA256]) == 64 and CLASSES_TAG in ds.tags()
         data = ds.read(1)
     assert (data[0, :3] == 0).all() and (data[1:] > 0).all()
@@ -189,8 +189,9 @@ def test_batch_with_glob_into_directory(tmp_path: Path, model: Path) -> None:
     reports = json.loads(result.stdout)["scenes"]
     assert [Path(r["output"]).name for r in reports] == ["a.classes.tif", "b.classes.tif"]
     assert sorted(p.name for p in out.iterdir()) == [
-        "a.classes.qml", "a.classes.tif", "a.classes.tif.aux.xml", "a.confidence.tif",
-        "b.classes.qml", "b.classes.tif", "b.classes.tif.aux.xml", "b.confidence.tif"]
+        "a.classes.qml", "a.classes.tif", "a.classes.tif.aux.xml", "a.confidence.qml",
+        "a.confidence.tif", "b.classes.qml", "b.classes.tif", "b.classes.tif.aux.xml",
+        "b.confidence.qml", "b.confidence.tif"]
 
 
 def test_batch_outputs_must_not_collide(tmp_path: Path, model: Path) -> None:
