@@ -28,12 +28,13 @@ import rasterio
 import torch
 
 from s2fin_cli import __version__, console
-from s2fin_cli.errors import ConfigError, OutputError, S2finError
+from s2fin_cli.errors import ConfigError, S2finError
 from s2fin_cli.hashing import file_sha256
 from s2fin_cli.inference import PREDICT_BLOCK_SIZE, BlockPredictor, predict_scene, scene_blocks
 from s2fin_cli.io.classmap import ClassMapWriter, MapOutputs, model_tags
+from s2fin_cli.io.outputs import Output, check_outputs, given_path
 from s2fin_cli.io.reader import Scene, open_scene_from_options
-from s2fin_cli.io.writer import check_output_path, qml_path_for
+from s2fin_cli.io.writer import check_extension, qml_path_for
 from s2fin_cli.model_file import ModelBundle
 from s2fin_cli.sharding import Shard, part_outputs, tag_part_outputs
 
@@ -66,9 +67,10 @@ class Job:
 class OutputRequest:
     """What the call asked to write: ``-o``, ``--probabilities``, ``--confidence`` and how."""
 
-    classes: Path | None = None
-    probabilities: Path | None = None
-    confidence: Path | None = None
+    # As given: a trailing path separator names a directory (kept by passing a str).
+    classes: str | Path | None = None
+    probabilities: str | Path | None = None
+    confidence: str | Path | None = None
     cog: bool = False
     creation_options: dict[str, str] | None = None
     overwrite: bool = False
@@ -79,10 +81,11 @@ def derived_name(source: Path, kind: str = "classes") -> str:
     return f"{source.stem}.{kind}.tif"
 
 
-def _target(given: Path | None, source: Path, kind: str, several: bool,
+def _target(given_text: str | Path | None, source: Path, kind: str, several: bool,
             option: str) -> Path | None:
-    if given is None:
+    if given_text is None:
         return None
+    given = given_path(given_text, option)
     if several:
         if given.exists() and not given.is_dir():
             raise ConfigError(f"{option} {given}: with several scenes it must be a directory")
@@ -99,10 +102,11 @@ def prediction_tags(model_path: Path, bundle: ModelBundle) -> dict[str, str]:
 
 
 def plan_jobs(scenes: list[Path], hsi: Path | None, lidar: Path | None, sar: Path | None,
-              request: OutputRequest, *, tags: dict[str, str],
+              request: OutputRequest, *, tags: dict[str, str], model: Path | None = None,
               shard: Shard | None = None) -> list[Job]:
     """The jobs of one call, with output names resolved (nothing checked on disk yet); with
-    ``shard``, every output is its part file."""
+    ``shard``, every output is its part file. Each job's outputs know the files the job reads
+    (its scene and the ``model``), so nothing can be written over them."""
     if scenes and hsi is not None:
         raise ConfigError("give stacked scenes or --hsi with --lidar/--sar, not both")
     several = len(scenes) > 1
@@ -124,7 +128,8 @@ def plan_jobs(scenes: list[Path], hsi: Path | None, lidar: Path | None, sar: Pat
             confidence=_target(request.confidence, source, "confidence", several,
                                "--confidence"),
             cog=request.cog, creation_options=request.creation_options or {},
-            overwrite=request.overwrite, tags=tags)
+            overwrite=request.overwrite, tags=tags,
+            inputs=tuple(p for p in (scene, hsi, lidar, sar, model) if p is not None))
         if shard is not None:
             outputs = part_outputs(outputs, shard)
         jobs.append(Job(scene, hsi_path if scene is None else hsi, lidar, sar, outputs))
@@ -145,8 +150,7 @@ def _quiet() -> Iterator[None]:
 def check_jobs(jobs: list[Job], bundle: ModelBundle, aux_bands: int | None, *,
                skip_value_check: bool = False) -> None:
     """Open every scene, check it against the model (bands, modality, values), and check every
-    output path."""
-    seen: dict[Path, Path] = {}
+    output path (:func:`check_job_outputs`)."""
     for job in jobs:
         with job.open(aux_bands) as scene:
             try:
@@ -156,30 +160,31 @@ def check_jobs(jobs: list[Job], bundle: ModelBundle, aux_bands: int | None, *,
                 if len(jobs) == 1:
                     raise
                 raise type(exc)(f"{job.source}: {exc.message}", hint=exc.hint) from None
-        inputs = {p.resolve() for p in (job.scene, job.hsi, job.lidar, job.sar) if p is not None}
-        for out in (job.outputs.classes, job.outputs.probabilities, job.outputs.confidence):
-            if out is None:
-                continue
-            key = out.resolve()
-            if key in inputs:
-                raise ConfigError(f"output {out} is an input of the same scene")
+    check_job_outputs(jobs)
+
+
+def check_job_outputs(jobs: list[Job]) -> None:
+    """The outputs of every job against the files every job reads (a batch may name as a scene
+    what another job would write) and against each other: :func:`check_outputs`, once."""
+    outputs: list[Output] = []
+    inputs: list[Path] = []
+    seen: dict[Path, Path] = {}
+    for job in jobs:
+        inputs += job.outputs.inputs
+        for spec in job.outputs.output_files():
+            key = spec.final.resolve()
             if key in seen:
-                raise ConfigError(f"{seen[key]} and {job.source} would both write {out}",
+                raise ConfigError(f"{seen[key]} and {job.source} would both write {spec.final}",
                                   hint="give the scenes different names or outputs")
             seen[key] = job.source
-            _check_output(out, job.outputs.overwrite, several=len(jobs) > 1)
-        if job.outputs.cog and job.outputs.classes.suffix.lower() not in (".tif", ".tiff"):
-            console.warn(f"{job.outputs.classes}: a COG is a GeoTIFF; consider a .tif name")
-
-
-def _check_output(path: Path, overwrite: bool, *, several: bool) -> None:
-    parent = path.parent
-    if several and not parent.exists():
-        # The output directory of a batch is created; its parent must exist.
-        if not parent.parent.is_dir():
-            raise OutputError(f"output directory {parent.parent} does not exist")
-        return
-    check_output_path(path, overwrite=overwrite)
+            parent = spec.final.parent
+            if len(jobs) > 1 and not parent.exists() and parent.parent.is_dir():
+                # A batch's output directory is created: nothing in it exists or is read yet.
+                assert spec.driver is not None
+                check_extension(spec.final, spec.driver)
+                continue
+            outputs.append(spec)
+    check_outputs(outputs, inputs, overwrite=jobs[0].outputs.overwrite if jobs else False)
 
 
 def gdal_cache_bytes(jobs: list[Job], window: int) -> int:

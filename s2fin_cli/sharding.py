@@ -46,6 +46,7 @@ from s2fin_cli.errors import (
 )
 from s2fin_cli.io.classmap import TAG_ENCODING, TAG_MODEL_SHA256, ClassMapWriter, MapOutputs
 from s2fin_cli.io.grid import Grid
+from s2fin_cli.io.outputs import check_outputs, given_path
 from s2fin_cli.io.windows import block_count, iter_blocks
 from s2fin_cli.io.writer import CLASSES_TAG
 
@@ -357,6 +358,40 @@ def _grid_text(grid: Grid) -> str:
     return f"{grid.width}x{grid.height} {grid.crs} {tuple(round(v, 6) for v in grid.transform[:6])}"
 
 
+# Files a glob of parts may match that are not parts (their styles and GDAL sidecars).
+_NOT_PARTS = (".qml", ".aux.xml", ".ovr", ".msk")
+
+
+def read_parts(paths: Iterable[Path]) -> list[Part]:
+    """The class-map parts named (sidecars skipped; a file named twice, relative and absolute,
+    counts once), read and checked (:func:`check_parts`)."""
+    named = [p for p in paths if not p.name.lower().endswith(_NOT_PARTS)]
+    unique = list({p.resolve(): p for p in reversed(named)}.values())[::-1]
+    return check_parts([read_part(p) for p in unique])
+
+
+def merge_outputs(parts: list[Part], output: str | None, probabilities: str | None,
+                  confidence: str | None, *, cog: bool, creation_options: dict[str, str],
+                  overwrite: bool) -> MapOutputs:
+    """Where the merge of checked ``parts`` goes (``output`` None: the parts' name without
+    ``.part-I-of-N``; a directory: that name in it), checked before any work against every part
+    read, the probability/confidence parts included (:func:`check_outputs`)."""
+    default = merged_path(parts[0].path)
+    target = default if output is None else given_path(output)
+    if target.is_dir():
+        target = target / default.name
+    extra = {k: None if v is None else given_path(v, f"--{k}")
+             for k, v in (("probabilities", probabilities), ("confidence", confidence))}
+    inputs = [p.path for p in parts]
+    inputs += [sibling_path(part, k) for k, v in extra.items() if v is not None for part in parts]
+    outputs = MapOutputs(classes=target, probabilities=extra["probabilities"],
+                         confidence=extra["confidence"], cog=cog,
+                         creation_options=creation_options, overwrite=overwrite,
+                         tags=merge_tags(parts[0]), inputs=tuple(inputs))
+    check_outputs(outputs.output_files(), inputs, overwrite=overwrite)
+    return outputs
+
+
 def sibling_path(part: Part, product: str) -> Path:
     """The ``product`` part written beside a class-map part (:class:`InputError` if none)."""
     relative = part.info.siblings.get(product)
@@ -456,12 +491,14 @@ __all__ = [
     "Shard",
     "ShardInfo",
     "check_parts",
+    "merge_outputs",
     "merge_parts",
     "merge_tags",
     "merged_path",
     "part_outputs",
     "part_path",
     "read_part",
+    "read_parts",
     "resolve_shard",
     "shard_from_env",
     "tag_part_outputs",

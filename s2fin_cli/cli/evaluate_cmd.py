@@ -33,7 +33,8 @@ from s2fin_cli.cli.options import (
 )
 from s2fin_cli.errors import ConfigError, OutputError
 from s2fin_cli.evaluation import MAP_READ_BLOCK, MODEL_BATCH_SIZE, Evaluation
-from s2fin_cli.io.writer import check_output_path, write_text
+from s2fin_cli.io.outputs import check_outputs
+from s2fin_cli.io.writer import write_text
 
 
 def confusion_csv_path(csv_path: Path) -> Path:
@@ -56,17 +57,12 @@ def _planned_outputs(csv: Path | None, figures: Path | None, *, quicklook: bool)
     return outputs
 
 
-def _check_outputs(outputs: list[Path], overwrite: bool) -> None:
-    """Refuse existing outputs (without --overwrite) before anything is computed."""
-    seen: set[Path] = set()
-    for path in outputs:
-        resolved = path.resolve()
-        if resolved in seen:
-            raise OutputError(f"{path} is named twice as an output")
-        seen.add(resolved)
-        # A missing --figures directory is created later; every other directory must exist.
-        if path.suffix.lower() != ".png" or path.parent.is_dir():
-            check_output_path(path, overwrite=overwrite)
+def _check_outputs(outputs: list[Path], inputs: list[Path | None], overwrite: bool) -> None:
+    """Refuse, before anything is computed, outputs that exist (without --overwrite) or that are
+    any file the command reads (the map, labels, model, scene): :func:`check_outputs`."""
+    # A missing --figures directory is created later: nothing in it exists or is read yet.
+    check_outputs([p for p in outputs if p.suffix.lower() != ".png" or p.parent.is_dir()],
+                  inputs, overwrite=overwrite)
 
 
 def evaluate(
@@ -133,7 +129,7 @@ def evaluate(
                 raise ConfigError(f"{name} applies with -m MODEL (assessing a model on a scene)",
                                   hint="to assess a map, give only the map and --labels")
     outputs = _planned_outputs(csv, figures, quicklook=not model_mode)
-    _check_outputs(outputs, overwrite)
+    _check_outputs(outputs, [input_path, labels, model, hsi, lidar, sar], overwrite)
 
     if model_mode:
         assert model is not None

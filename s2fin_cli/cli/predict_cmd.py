@@ -59,7 +59,8 @@ def predict(
                      show_default=False),
     ] = None,
     output: Annotated[
-        Path | None,
+        # A str keeps a trailing '/', which names a directory.
+        str | None,
         typer.Option("--output", "-o", help="Class map (default: SCENE.classes.tif beside the "
                      "input); a directory with several scenes."),
     ] = None,
@@ -68,12 +69,12 @@ def predict(
     sar: SarPath = None,
     aux_bands: AuxBands = None,
     probabilities: Annotated[
-        Path | None,
+        str | None,
         typer.Option("--probabilities", help="Also write per-class probabilities: uint8, one band "
-                     "per class, value = 1 + round(254 p), 0 = nodata (GDAL scale/offset set)."),
+                     "per class, value = round(250 p), 255 = nodata (GDAL scale 1/250 set)."),
     ] = None,
     confidence: Annotated[
-        Path | None,
+        str | None,
         typer.Option("--confidence", help="Also write the highest class probability: uint8, "
                      "same encoding as --probabilities."),
     ] = None,
@@ -115,7 +116,7 @@ def predict(
                             creation_options=parse_creation_options(co or []),
                             overwrite=overwrite)
     jobs = plan_jobs(scene_paths, hsi, lidar, sar, request,
-                     tags=prediction_tags(model_path, bundle), shard=shard)
+                     tags=prediction_tags(model_path, bundle), model=model_path, shard=shard)
     check_jobs(jobs, bundle, aux_bands, skip_value_check=skip_value_check)
     cache = gdal_cache_bytes(jobs, block_size + 2 * bundle.geometry.halo)
     options = RunOptions(select_device(device), batch_size=batch_size, block_size=block_size,

@@ -70,8 +70,9 @@ def train(
                      "model (never used to select it); report in <output>.report.json."),
     ] = None,
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="The model file to write.")
-    ] = DEFAULT_MODEL_PATH,
+        # A str keeps a trailing '/' (a directory, refused as a model file name).
+        str, typer.Option("--output", "-o", help="The model file to write.")
+    ] = str(DEFAULT_MODEL_PATH),
     overwrite: Overwrite = False,
     per_class: Annotated[
         int | None,
@@ -192,7 +193,7 @@ def train(
                     return
     except TrainingStopped as stop:
         console.note(f"stopped after epoch {stop.epoch}; checkpoint "
-                     f"{checkpoint_path_for(output)}; continue with --resume")
+                     f"{checkpoint_path_for(Path(output))}; continue with --resume")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     _print_summary(summary, json_output)
 

@@ -74,6 +74,18 @@ class Output:
         return [self.final, *self.sidecars()]
 
 
+def given_path(text: str | os.PathLike[str], option: str = "-o") -> Path:
+    """An output path as the user gave it; a trailing path separator names a directory, which
+    must exist (a :class:`Path` would silently drop the separator and write a file)."""
+    raw = os.fspath(text)
+    path = Path(raw)
+    if raw.endswith(("/", os.sep)) and not path.is_dir():
+        raise OutputError(f"{option} {raw} ends with a path separator, so it names a directory, "
+                          "and there is none", hint="create the directory first, or give a "
+                          "file name")
+    return path
+
+
 def raster_output(path: str | os.PathLike[str], *, style: bool = False,
                   driver: str = "GTiff") -> Output:
     """A GeoTIFF (or ``driver``) output, with GDAL's sidecars and optionally a ``.qml``."""

@@ -35,8 +35,9 @@ from s2fin_cli.device import cpu_threads, select_device
 from s2fin_cli.distributed import LOCAL, DistContext, RunContext
 from s2fin_cli.errors import ConfigError, LabelError
 from s2fin_cli.hashing import arrays_digest, file_sha256
+from s2fin_cli.io.outputs import check_outputs
 from s2fin_cli.io.reader import Scene, open_scene_from_options
-from s2fin_cli.io.writer import check_output_path, write_text
+from s2fin_cli.io.writer import write_text
 from s2fin_cli.metrics import AccuracyReport
 from s2fin_cli.model_file import (
     DEFAULT_MODEL_PATH,
@@ -91,7 +92,7 @@ class TrainRequest:
     aux_bands: int | None = None
     label_field: str | None = None
     test_labels: Path | None = None
-    output: Path = DEFAULT_MODEL_PATH
+    output: Path | str = DEFAULT_MODEL_PATH
     overwrite: bool = False
     per_class: int | None = None
     train_fraction: float | None = None
@@ -135,9 +136,7 @@ def check_request(request: TrainRequest, *, outputs: bool = True) -> Protocol:
     output and report paths too); ``s2fin train --nproc`` runs it before launching torchrun."""
     request.settings.validate()
     if outputs:
-        output = Path(request.output)
-        check_output_path(output, overwrite=request.overwrite)
-        check_output_path(report_path_for(output), overwrite=request.overwrite)
+        check_train_outputs(request)
     protocol = Protocol.from_options(request.per_class, request.train_fraction)
     if not 0.0 <= request.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {request.val_fraction}")
@@ -145,6 +144,18 @@ def check_request(request: TrainRequest, *, outputs: bool = True) -> Protocol:
     if request.threads is not None and request.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {request.threads}")
     return protocol
+
+
+def check_train_outputs(request: TrainRequest) -> None:
+    """The model file and its report may not exist (without ``--overwrite``) nor be any file the
+    run reads; the run's own checkpoint is replaced (or resumed) but may not be an input."""
+    output = Path(request.output)
+    inputs = [request.scene, request.hsi, request.lidar, request.sar, *label_paths(request),
+              request.test_labels]
+    # request.output as given: a trailing separator (a directory) is refused, not stripped.
+    check_outputs([request.output, report_path_for(output)], inputs,
+                  overwrite=request.overwrite)
+    check_outputs([checkpoint_path_for(output)], inputs, overwrite=True)
 
 
 def run_training(request: TrainRequest, *, ctx: RunContext = LOCAL) -> TrainSummary:
@@ -418,6 +429,7 @@ __all__ = [
     "TrainRequest",
     "TrainSummary",
     "check_request",
+    "check_train_outputs",
     "report_path_for",
     "run_training",
 ]

@@ -91,13 +91,6 @@ def test_predict_model_named_as_output(inputs: Path) -> None:
               *PREDICT_FAST], 8, inputs, inputs, match="model.s2fin")
 
 
-# The commands below check their outputs themselves; they are wired to check_outputs by their
-# owner (issue 12 #1). Strict xfail: when the wiring lands, these pass and the marker must go.
-_WIRING = pytest.mark.xfail(strict=True, reason="issue 12 #1: predict/train/evaluate wiring "
-                            "to io.outputs.check_outputs is pending")
-
-
-@_WIRING
 def test_predict_never_writes_over_a_file_behind_a_vrt(inputs: Path) -> None:
     assert_ok(run_cli(["stack", "--hsi", "hsi.tif", "--lidar", "lidar.tif", "-o", "scene.vrt"],
                       cwd=inputs))
@@ -105,17 +98,35 @@ def test_predict_never_writes_over_a_file_behind_a_vrt(inputs: Path) -> None:
               *PREDICT_FAST], 8, inputs, inputs, match="hsi.tif")
 
 
-@_WIRING
 def test_evaluate_never_writes_over_its_labels(inputs: Path, good_map: Path) -> None:
     shutil.copy2(good_map / "map.tif", inputs / "map.tif")
     _refused(["evaluate", "map.tif", "--labels", "test.tif", "--csv", "test.tif",
               "--overwrite"], 8, inputs, inputs, match="test.tif")
 
 
-@_WIRING
 def test_train_never_writes_over_its_labels(inputs: Path) -> None:
     _refused(["train", "scene.tif", "--labels", "train.tif", "-o", "train.tif", "--overwrite",
               *TINY_TRAIN], 8, inputs, inputs, match="train.tif")
+
+
+def test_merge_never_writes_over_a_part(tiny: TinyData, tmp_path: Path) -> None:
+    for i in range(2):
+        assert_ok(run_cli(["predict", tiny.scene, "-m", tiny.model, "-o", "map.tif",
+                           "--probabilities", "p.tif", "--shard", f"{i}/2", "--block-size", "8",
+                           *PREDICT_FAST], cwd=tmp_path))
+    parts = sorted(str(p.name) for p in tmp_path.glob("map.part-*.tif"))
+    _refused(["merge", *parts, "-o", parts[0], "--overwrite"], 8, tmp_path, tmp_path,
+             match=parts[0])
+    # The probability parts are read too.
+    _refused(["merge", *parts, "-o", "m.tif", "--probabilities", "p.part-0001-of-0002.tif",
+              "--overwrite"], 8, tmp_path, tmp_path, match="p.part-0001-of-0002.tif")
+
+
+def test_trailing_separator_names_a_directory(tiny: TinyData, tmp_path: Path) -> None:
+    for args in (["predict", tiny.scene, "-m", tiny.model, *PREDICT_FAST],
+                 ["train", tiny.scene, "--labels", tiny.labels, *TINY_TRAIN]):
+        _refused([*args, "-o", "newdir/"], 8, tmp_path, tmp_path, match="path separator")
+        assert not (tmp_path / "newdir").exists()
 
 
 # -- #2, #13, #14: creation options GDAL refuses ----------------------------------------------
