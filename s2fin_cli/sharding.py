@@ -44,7 +44,13 @@ from s2fin_cli.errors import (
     MissingPartError,
     MixedPartsError,
 )
-from s2fin_cli.io.classmap import TAG_ENCODING, TAG_MODEL_SHA256, ClassMapWriter, MapOutputs
+from s2fin_cli.io.classmap import (
+    PROBABILITY_ENCODING,
+    TAG_ENCODING,
+    TAG_MODEL_SHA256,
+    ClassMapWriter,
+    MapOutputs,
+)
 from s2fin_cli.io.grid import Grid
 from s2fin_cli.io.outputs import check_outputs, given_path
 from s2fin_cli.io.windows import block_count, iter_blocks
@@ -456,12 +462,17 @@ def merge_parts(parts: list[Part], outputs: MapOutputs, *, progress: bool = True
         for part, path in zip(parts, paths, strict=True):
             with rasterio.open(path) as ds:
                 tag = ds.tags().get(TAG_SHARD)
+                encoding = ds.tags().get(TAG_ENCODING)
                 fits = (tag is not None and ShardInfo.from_tag(tag).shard == part.info.shard
                         and ds.count == expected_bands(product, first.classes)
                         and Grid.of(ds).same_as(first.grid))
             if not fits:
                 raise MixedPartsError(f"{product} part {path} does not fit {part.path.name} "
                                       "(shard, bands or grid)")
+            if encoding != PROBABILITY_ENCODING:  # values copied as stored: one encoding only
+                raise MixedPartsError(f"{product} part {path} stores values as {encoding!r}; "
+                                      f"this s2fin writes {PROBABILITY_ENCODING!r}",
+                                      hint="predict the shards again with this version")
     grid = first.grid
     total = block_count(grid.height, grid.width, size)
     with contextlib.ExitStack() as stack:

@@ -7,7 +7,7 @@
         <paletteEntry value="2" color="#46465a" alpha="255" label="Parking lot"/>
         <paletteEntry value="3" color="#be3c3c" alpha="255" label="Roof (bitumen)"/>
         <paletteEntry value="4" color="#ebaa96" alpha="255" label="Roof (concrete)"/>
-        <paletteEntry value="5" color="#f5cd46" alpha="255" label="Roof (membrane)"/>
+        <paletteEntry value="5" color="#e1e1eb" alpha="255" label="Roof (membrane)"/>
         <paletteEntry value="6" color="#196423" alpha="255" label="Trees"/>
         <paletteEntry value="7" color="#78af3c" alpha="255" label="Shrubs"/>
         <paletteEntry value="8" color="#afeb7d" alpha="255" label="Grass"/>

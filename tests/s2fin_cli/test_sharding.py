@@ -259,3 +259,26 @@ def test_sharded_predict_scene_merges_to_single_process_map(tmp_path: Path) -> N
         probs = ds.read()
         assert probs.shape == (3, *grid.shape)
         assert ((probs == 255) == (single == 0)[None]).all()  # 255: probability nodata
+
+
+def test_probability_parts_of_another_encoding_are_refused(tmp_path: Path) -> None:
+    grid = utm_grid(width=12, height=9)
+    scene_path = write_scene(tmp_path / "scene.tif", grid)
+    bundle = tiny_bundle(scene_path, num_classes=3, class_ids=[1, 2, 5])
+    parts = []
+    with open_stacked_scene(scene_path) as scene:
+        for i in range(2):
+            shard = Shard(i, 2)
+            named = MapOutputs(classes=part_path(tmp_path / "map.tif", shard),
+                               probabilities=part_path(tmp_path / "p.tif", shard),
+                               tags=model_tags("m", "c" * 64))
+            outputs = tag_part_outputs(named, shard, block_size=4, grid=grid, scene=scene_path)
+            with ClassMapWriter(grid, bundle.classes, outputs) as writer:
+                predict_scene(scene, BlockPredictor(bundle, probabilities=True), writer,
+                              shard.windows(grid.height, grid.width, 4), progress=False)
+            parts.append(outputs.classes)
+    with rasterio.open(tmp_path / "p.part-0001-of-0002.tif", "r+") as ds:
+        ds.update_tags(S2FIN_ENCODING="uint8 value = 1 + round(254 * p); 0 = nodata")
+    with pytest.raises(MixedPartsError, match="stores values as"):
+        _merge(parts, tmp_path / "merged.tif", probabilities=tmp_path / "pm.tif")
+    assert not (tmp_path / "merged.tif").exists() and not (tmp_path / "pm.tif").exists()
