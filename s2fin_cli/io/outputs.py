@@ -127,7 +127,9 @@ def files_read(inputs: Iterable[str | os.PathLike[str] | None]) -> list[Path]:
                                   path.with_suffix(companion.upper())):
                     if candidate.exists():
                         add(candidate)
-        if suffix in _NOT_RASTER_SUFFIXES:
+        # A pipe or device is read by the command itself: opening it here would block or
+        # consume what the command needs.
+        if suffix in _NOT_RASTER_SUFFIXES or not path.is_file():
             continue
         for behind in _gdal_files(path):
             add(behind)
