@@ -187,6 +187,8 @@ class SynthConfig:
              "0.1 to 100"),
             (1 <= self.oversample <= 8, f"oversample {self.oversample} is out of range", "1 to 8"),
             (self.train_per_class >= 1, "--train-per-class must be at least 1", None),
+            (0 <= self.seed < (1 << 63), f"--seed must be in 0..{(1 << 63) - 1}, got {self.seed}",
+             None),
             (0.05 <= self.train_fraction <= 0.8,
              f"train fraction {self.train_fraction} is out of range", "0.05 to 0.8"),
             (0 <= self.label_buffer <= 64, f"label buffer {self.label_buffer} is out of range",

@@ -16,6 +16,8 @@ from typing import Any
 from models import S2FinConfig
 from s2fin_cli.errors import ConfigError
 
+# Seeds feed numpy (non-negative) and torch (64-bit) generators: 0 .. 2**63 - 1 fits both.
+MAX_SEED = (1 << 63) - 1
 # The modules an ablation can switch off: the names of S2FinConfig's ``use_*`` switches.
 ABLATIONS = tuple(f.name.removeprefix("use_") for f in fields(S2FinConfig)
                   if f.name.startswith("use_"))
@@ -49,6 +51,7 @@ class TrainSettings:
             (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
             (self.patience >= 1, f"--patience must be >= 1, got {self.patience}"),
             (0.0 <= self.label_smoothing < 1.0, "label smoothing must be in [0, 1)"),
+            (0 <= self.seed <= MAX_SEED, f"--seed must be in 0..{MAX_SEED}, got {self.seed}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -127,4 +130,4 @@ def parse_ablate(text: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-__all__ = ["ABLATIONS", "NetworkOptions", "TrainSettings", "parse_ablate"]
+__all__ = ["ABLATIONS", "MAX_SEED", "NetworkOptions", "TrainSettings", "parse_ablate"]

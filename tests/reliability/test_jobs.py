@@ -4,6 +4,7 @@
   is the common use of arrays): the map asked for is written whole, with a note.
 - A model file given as a pipe (``-m <(cat model.s2fin)``) is read from the stream, and the
   map's model checksum is that of the bytes read.
+- ``--seed`` outside 0..2**63-1 is an option error (9), not an internal one.
 - ``train --labels A --labels B`` merges label files; a pixel with two classes is exit 5, before
   any training and with nothing written.
 - A scene in another value encoding than the training data (reflectance x 10000 vs 0..1) is
@@ -130,3 +131,13 @@ def test_merged_training_labels_and_conflicts(tiny: TinyData, tmp_path: Path,
                       "-o", out_dir / "m.s2fin", *TINY_TRAIN])
     assert_ok(result)
     assert "counted once" in result.stderr
+
+
+def test_seeds_out_of_range_are_option_errors(tiny: TinyData, tmp_path: Path) -> None:
+    for seed in ("-1", str(2**64 + 1)):
+        result = run_cli(["train", tiny.scene, "--labels", tiny.labels, "-o",
+                          tmp_path / "m.s2fin", "--seed", seed, *TINY_TRAIN])
+        assert_user_error(result, 9, match="--seed must be in")
+        result = run_cli(["synth", tmp_path / "syn", "--size", "48", "--seed", seed])
+        assert_user_error(result, 9, match="--seed must be in")
+    assert not list(tmp_path.iterdir())
