@@ -112,6 +112,11 @@ class S2Fin(nn.Module):
         if not spectral.shape[0] == spatial.shape[0] == active.shape[0]:
             raise ValueError("S2Fin: spectral, spatial and active must share the batch size")
         spec_tokens = self.hfset(spectral)
+        # The spatial branches run channels-last ([B, H, W, C] in memory): the convolutions are
+        # faster in that layout, and pixel tokens (SSAF, HFRM/AFCM's DFT products, the token
+        # sequence) are then views instead of transposed copies.
+        spatial = spatial.contiguous(memory_format=torch.channels_last)
+        active = active.contiguous(memory_format=torch.channels_last)
         optical = self.optical_stem(spatial) + self.spatial_pos
         act = self.active_stem(active) + self.spatial_pos
         optical, act = self.afcm(optical, act)
