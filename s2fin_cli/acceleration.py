@@ -228,9 +228,45 @@ class CompileDecision:
     reason: str
 
 
+def _static_batch_module(model: torch.nn.Module, compiled: Any, batch_size: int,
+                         pad: bool) -> torch.nn.Module:
+    import torch
+
+    class StaticBatch(torch.nn.Module):
+        """Calls the compiled graph with exactly ``batch_size`` samples, so it compiles once.
+
+        Smaller batches are zero-padded (``pad``; exact for S²Fin in eval mode: every sample is
+        normalised on its own, so neighbours never change a sample's output) or run by the
+        uncompiled module (same parameters; for training, where padding would change the loss);
+        larger ones are split."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.eager = model  # registered: .parameters(), .train()/.eval() reach the model
+
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            n = inputs[0].shape[0]
+            if n == batch_size:
+                out: torch.Tensor = compiled(*inputs)
+                return out
+            if n > batch_size:
+                parts = [self(*(t[i:i + batch_size] for t in inputs))
+                         for i in range(0, n, batch_size)]
+                return torch.cat(parts)
+            if not pad:
+                eager_out: torch.Tensor = self.eager(*inputs)
+                return eager_out
+            padded = [torch.cat([t, t.new_zeros((batch_size - n, *t.shape[1:]))])
+                      for t in inputs]
+            padded_out: torch.Tensor = compiled(*padded)
+            return padded_out[:n]
+
+    return StaticBatch()
+
+
 def maybe_compile(model: torch.nn.Module, device: torch.device, mode: str = "auto", *,
-                  pixels: int | None = None,
-                  eager_pixels_per_second: float | None = None) -> CompileDecision:
+                  pixels: int | None = None, eager_pixels_per_second: float | None = None,
+                  batch_size: int | None = None, pad: bool = True) -> CompileDecision:
     """torch.compile ``model`` (inductor, static shapes) according to ``mode``.
 
     Args:
@@ -239,10 +275,13 @@ def maybe_compile(model: torch.nn.Module, device: torch.device, mode: str = "aut
             Without a rate or pixel count, ``auto`` does not compile.
         pixels, eager_pixels_per_second: the work ahead and the eager speed (pixels/s), for
             ``auto``.
+        batch_size: the batch size the caller uses; with it, the returned module feeds the
+            compiled graph only that size (see ``StaticBatch``) so that partial batches (the last
+            one of every block) do not trigger recompilations. ``pad``: zero-pad partial batches
+            (inference) instead of running them uncompiled (training).
 
-    Compilation itself happens lazily on the first call (and again for each new batch shape: the
-    last, partial batch of a scene compiles a second graph unless it is padded to the batch
-    size). The on-disk cache is set up first (:func:`use_compile_cache`).
+    Compilation itself happens on the first call (inductor, minutes on a small CPU with a cold
+    cache). The on-disk cache is set up first (:func:`use_compile_cache`).
     """
     import torch
 
@@ -265,6 +304,9 @@ def maybe_compile(model: torch.nn.Module, device: torch.device, mode: str = "aut
         reason = "compile on"
     use_compile_cache()
     compiled = torch.compile(model, dynamic=False)
+    if batch_size is not None:
+        return CompileDecision(_static_batch_module(model, compiled, batch_size, pad), True,
+                               reason)
     return CompileDecision(compiled, True, reason)
 
 

@@ -154,3 +154,35 @@ def test_compiled_model_matches_eager(monkeypatch: pytest.MonkeyPatch, tmp_path:
     with torch.inference_mode():
         torch.testing.assert_close(decision.model(x), model(x), atol=1e-6, rtol=1e-5)
     assert any((tmp_path / "inductor").iterdir())
+
+
+def test_static_batch_feeds_the_compiled_graph_one_batch_size(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without compiling for real: torch.compile replaced by a recorder of batch sizes."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    seen: list[int] = []
+
+    def fake_compile(model: torch.nn.Module, dynamic: bool) -> object:
+        def call(*inputs: torch.Tensor) -> torch.Tensor:
+            seen.append(inputs[0].shape[0])
+            out: torch.Tensor = model(*inputs)
+            return out
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = torch.nn.Linear(3, 2).eval()
+    cpu = torch.device("cpu")
+    padded = maybe_compile(model, cpu, "on", batch_size=4).model
+    x = torch.randn(10, 3)
+    with torch.inference_mode():
+        torch.testing.assert_close(padded(x), model(x))
+        torch.testing.assert_close(padded(x[:3]), model(x[:3]))
+    assert seen == [4, 4, 4, 4]  # 10 = 4 + 4 + 2 padded; then 3 padded
+    assert list(padded.parameters()) == list(model.parameters())
+    seen.clear()
+    fallback = maybe_compile(model, cpu, "on", batch_size=4, pad=False).model
+    fallback(x[:3])
+    fallback(x[:4])
+    assert seen == [4]  # the partial batch ran uncompiled
