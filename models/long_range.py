@@ -68,7 +68,8 @@ def selective_scan(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk
 def _chunked_scan(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk: int) -> Tensor:
     """:func:`selective_scan` on inputs whose length is a multiple of ``chunk``.
 
-    Returns a new contiguous [Bt, L, H, P] tensor (the caller may add to it in place).
+    Returns a new contiguous [Bt, L, H, P] tensor (the caller may add to it in place when
+    autograd is off).
 
     Layouts are chosen for the fewest copies: the per-head (quadratic) parts run head-major
     ([Bt, chunks, H, l, ...], what the batched matmuls need), everything that is shared by the
@@ -104,17 +105,24 @@ def _chunked_scan(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk:
     states = torch.matmul(xs.transpose(-1, -2), b_h)
 
     # 3. recurrence across chunks (L / chunk steps on small states): state entering each chunk.
-    chunk_decay = _decay(a_cum_h[..., -1])[..., None, None]  # [Bt, nc, H, 1, 1]
-    carried = [torch.zeros_like(states[:, 0])]
+    # unbind, not states[:, i]: the backward of one unbind is one stack, whereas each indexing
+    # op's backward would zero-fill a full-size gradient (O(nc^2) memory traffic).
+    chunk_decay = _decay(a_cum_h[..., -1])[..., None, None].unbind(1)  # nc x [Bt, H, 1, 1]
+    chunk_states = states.unbind(1)  # nc x [Bt, H, P, N]
+    carried = [torch.zeros_like(chunk_states[0])]
     for i in range(nc - 1):
-        carried.append(torch.addcmul(states[:, i], chunk_decay[:, i], carried[-1]))
+        carried.append(torch.addcmul(chunk_states[i], chunk_decay[i], carried[-1]))
     entering = torch.stack(carried, dim=1)  # [Bt, nc, H, P, N]
 
     # 4. contribution of the entering state, exp(a_cum[i]) * (c_i . state), token-major; then
     # the within-chunk part is added in place (reading it head-major).
     y = torch.bmm(c, entering.view(bt * nc, heads * p, n).transpose(1, 2))  # [Bt*nc, l, H*P]
-    y = y.view(bt, nc, chunk, heads, p).mul_(_decay(a_cum).unsqueeze(-1))
-    y.add_(y_diag.transpose(2, 3))
+    y = y.view(bt, nc, chunk, heads, p)
+    if torch.is_grad_enabled():
+        # out of place: in-place ops on a view cost a full-size copy in the backward pass
+        y = y * _decay(a_cum).unsqueeze(-1) + y_diag.transpose(2, 3)
+    else:
+        y.mul_(_decay(a_cum).unsqueeze(-1)).add_(y_diag.transpose(2, 3))
     return y.view(bt, length, heads, p)
 
 
@@ -171,7 +179,8 @@ class ScanDirection(nn.Module):
             dt = F.softplus(dt.to(dtype) + self.dt_bias)
             a = -torch.exp(self.a_log)
             y = _chunked_scan(xh, dt, a, b.to(dtype), c.to(dtype), chunk)
-            y = y.addcmul_(xh, self.skip[:, None])
+            skip = self.skip[:, None]
+            y = torch.addcmul(y, xh, skip) if torch.is_grad_enabled() else y.addcmul_(xh, skip)
         return y.view(bsz, padded, inner)[:, :length].to(x.dtype)
 
 
