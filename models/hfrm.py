@@ -38,6 +38,8 @@ from .spectral_ops import (
 
 class HFRM(nn.Module):
     dense_dft: bool  # DFTs as matrix products (True) or torch.fft (False)
+    dft_forward: Tensor  # non-persistent buffers (with ``size``), see AFCM
+    dft_inverse: Tensor
 
     def __init__(
         self,
@@ -48,9 +50,15 @@ class HFRM(nn.Module):
         bias_init: float = -2.0,
         lambda_init: float = 0.5,
         eps: float = 1e-6,
+        size: int | None = None,
     ) -> None:
         super().__init__()
         self.dense_dft = True
+        self.size = size
+        if size is not None:
+            forward, inverse = real_dft2_matrices(size, size, torch.device("cpu"))
+            self.register_buffer("dft_forward", forward.clone(), persistent=False)
+            self.register_buffer("dft_inverse", inverse.clone(), persistent=False)
         self.temperature = temperature
         self.eps = eps
         self.radius_logit = nn.Parameter(torch.tensor(math.log(radius_init / (1 - radius_init))))
@@ -96,7 +104,10 @@ class HFRM(nn.Module):
         """The same computation with the DFTs as matrix products on [B, pixels, C] tokens."""
         b, c, h, w = optical.shape
         with autocast_disabled(optical.device.type):
-            forward, inverse = real_dft2_matrices(h, w, optical.device)
+            if self.size is not None and h == w == self.size:
+                forward, inverse = self.dft_forward.float(), self.dft_inverse.float()
+            else:
+                forward, inverse = real_dft2_matrices(h, w, optical.device)
             bins = forward.shape[0] // 2
             p = torch.matmul(forward, map_tokens(optical.float())).view(b, 2, bins, c)
             a = torch.matmul(forward, map_tokens(active.float())).view(b, 2, bins, c)

@@ -9,14 +9,13 @@ with autocast disabled, and results are cast back to the caller's dtype.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
+# Built once per size and device. A race between threads only builds the same matrices twice.
 _DFT_MATRICES: dict[tuple[int, int, str], tuple[Tensor, Tensor]] = {}
-_DFT_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -114,7 +113,7 @@ def real_dft2_matrices(h: int, w: int, device: torch.device) -> tuple[Tensor, Te
     if cached is not None:
         return cached
     # Built outside inference mode and autograd, so the constants work in every later context.
-    with _DFT_LOCK, torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad():
         n, bins = h * w, h * (w // 2 + 1)
         basis = torch.eye(n, dtype=torch.float64, device=device).view(n, h, w)
         spectra = torch.fft.rfft2(basis).reshape(n, bins)  # [pixel, bin]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -40,3 +42,21 @@ def test_autocast_on_cuda_uses_half_precision() -> None:
     a, b = torch.randn(4, 4, device=cuda), torch.randn(4, 4, device=cuda)
     with device.autocast(cuda):
         assert (a @ b).dtype in (torch.bfloat16, torch.float16)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_staging_is_pinned_and_copies_asynchronously(tmp_path: Path) -> None:
+    import numpy as np
+
+    from s2fin_cli.inference import BlockPredictor
+    from tests.s2fin_cli.helpers import tiny_bundle, write_scene
+
+    predictor = BlockPredictor(tiny_bundle(write_scene(tmp_path / "scene.tif")), "cuda")
+    array = np.random.default_rng(0).normal(size=(5, 30, 30)).astype(np.float32)
+    staged = predictor.stage(array)
+    assert staged.is_pinned()
+    on_device = predictor.to_device(staged)
+    torch.cuda.synchronize()
+    assert on_device.device.type == "cuda"
+    np.testing.assert_array_equal(on_device.cpu().numpy(), array)
