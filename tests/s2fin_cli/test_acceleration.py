@@ -124,12 +124,17 @@ def test_compile_cache_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 
 
 def test_break_even_and_auto_decisions(monkeypatch: pytest.MonkeyPatch) -> None:
-    rate = 500.0
-    need = break_even_pixels(rate, "cpu", warm=False)
-    speedup = acceleration.CPU_COMPILE_SPEEDUP
+    rate, speedup = 500.0, 1.2
+    need = break_even_pixels(rate, speedup, "cpu", warm=False)
     saved = need / rate * (1 - 1 / speedup)
     assert saved == pytest.approx(acceleration.CPU_COMPILE_SECONDS_COLD)
-    assert break_even_pixels(rate, "cpu", warm=True) < need
+    assert break_even_pixels(rate, speedup, "cpu", warm=True) < need
+    assert break_even_pixels(rate, 1.0) == float("inf")
+    from models import S2Fin, S2FinConfig
+
+    wide, narrow = S2Fin(S2FinConfig(dim=80)), S2Fin(S2FinConfig(dim=32))
+    assert acceleration.expected_compile_speedup(wide, "cpu") == 1.0
+    assert acceleration.expected_compile_speedup(narrow, "cpu") > 1.0
     model = torch.nn.Linear(3, 2)
     device = torch.device("cpu")
     monkeypatch.setattr(acceleration, "compile_warm", lambda path=None: False)
