@@ -39,7 +39,8 @@ print(json.dumps({{"policy": os.environ.get("OMP_WAIT_POLICY"),
 
 
 def _probe(before: str = "", **env: str) -> dict[str, object]:
-    clean = {k: v for k, v in os.environ.items() if k not in acceleration.WAIT_POLICY_VARS}
+    skip = {*acceleration.WAIT_POLICY_VARS, "OMP_NUM_THREADS"}
+    clean = {k: v for k, v in os.environ.items() if k not in skip}
     clean.update(env, PYTHONPATH=str(REPO))
     out = subprocess.run([sys.executable, "-c", PROBE.format(before=before)], env=clean,
                          capture_output=True, text=True, check=True, timeout=120)
@@ -72,6 +73,16 @@ def test_available_cpus_follows_affinity_and_cgroup_quota(monkeypatch: pytest.Mo
     assert available_cpus() == 3
     monkeypatch.setattr(acceleration, "_cgroup_cpu_limit", lambda: 0.2)
     assert available_cpus() == 1
+
+
+def test_omp_num_threads_from_a_launcher_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(acceleration, "available_cpus", lambda: 8)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert acceleration.default_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "64")
+    assert acceleration.default_threads() == 8
+    monkeypatch.setenv("OMP_NUM_THREADS", "junk")
+    assert acceleration.default_threads() in (1, 8)
 
 
 def test_cgroup_quota_parsing(tmp_path: Path) -> None:
