@@ -24,6 +24,7 @@ An exception in any thread (or Ctrl-C) stops the other two and propagates to the
 from __future__ import annotations
 
 import contextlib
+import math
 import queue
 import threading
 import time
@@ -125,7 +126,7 @@ class BlockPredictor:
     def __init__(self, bundle: ModelBundle, device: torch.device | str = "cpu", *,
                  batch_size: int | None = None, probabilities: bool = False,
                  confidence: bool = False, amp: bool = True,
-                 model: torch.nn.Module | None = None) -> None:
+                 model: torch.nn.Module | None = None, cpu_bf16: bool = False) -> None:
         self.bundle = bundle
         self.device = torch.device(device)
         self.batch_size = default_batch_size(self.device) if batch_size is None else batch_size
@@ -134,6 +135,7 @@ class BlockPredictor:
         self.want_probabilities = probabilities
         self.want_confidence = confidence
         self.amp = amp
+        self.cpu_bf16 = cpu_bf16  # bfloat16 autocast on the CPU (acceleration.resolve_cpu_bf16)
         self.geometry = bundle.geometry
         self.halo = self.geometry.halo
         self.model = model if model is not None else bundle.build_model(self.device)
@@ -153,8 +155,9 @@ class BlockPredictor:
 
     @torch.inference_mode()
     def logits(self, spectral: Tensor, spatial: Tensor, active: Tensor) -> Tensor:
-        """Float32 logits of a batch of patches (autocast on CUDA)."""
-        with autocast(self.device, self.amp):
+        """Float32 logits of a batch of patches (autocast on CUDA; bfloat16 on a CPU with
+        ``cpu_bf16``)."""
+        with autocast(self.device, self.amp, cpu_bf16=self.cpu_bf16):
             out: Tensor = self.model(spectral, spatial, active)
         return out.float()
 
@@ -332,6 +335,28 @@ def _as_writer(sink: BlockSink | Callable[[BlockResult], None]) -> Callable[[Blo
     return write
 
 
+def eager_pixels_per_second(predictor: BlockPredictor, batch_size: int, *,
+                            repeats: int = 2) -> float:
+    """The predictor's network speed (centre pixels per second) on zero inputs of one batch: a
+    quick estimate for deciding whether compiling pays (the first call warms up, the best of
+    ``repeats`` timed calls counts)."""
+    cfg = predictor.bundle.config
+    s, p = cfg.spectral_window, cfg.patch_size
+    device = predictor.device
+    inputs = (torch.zeros(batch_size, cfg.bands, s, s, device=device),
+              torch.zeros(batch_size, cfg.reduced_bands, p, p, device=device),
+              torch.zeros(batch_size, cfg.active_bands, p, p, device=device))
+    predictor.logits(*inputs)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predictor.logits(*inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return batch_size / max(best, 1e-9)
+
+
 def scene_blocks(grid: Grid, block_size: int = PREDICT_BLOCK_SIZE) -> list[Window]:
     """Every block of ``grid`` in row-major order (the windows a whole-scene prediction
     classifies; block ``k`` of this list is block ``k`` of a sharded prediction)."""
@@ -401,6 +426,7 @@ __all__ = [
     "BlockSink",
     "PredictionSummary",
     "default_batch_size",
+    "eager_pixels_per_second",
     "predict_scene",
     "scene_blocks",
 ]

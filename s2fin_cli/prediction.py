@@ -28,9 +28,17 @@ import rasterio
 import torch
 
 from s2fin_cli import __version__, console
+from s2fin_cli.acceleration import MIN_COMPILE_PIXELS, maybe_compile, resolve_cpu_bf16
 from s2fin_cli.errors import ConfigError, S2finError
 from s2fin_cli.hashing import file_sha256
-from s2fin_cli.inference import PREDICT_BLOCK_SIZE, BlockPredictor, predict_scene, scene_blocks
+from s2fin_cli.inference import (
+    PREDICT_BLOCK_SIZE,
+    BlockPredictor,
+    default_batch_size,
+    eager_pixels_per_second,
+    predict_scene,
+    scene_blocks,
+)
 from s2fin_cli.io.classmap import ClassMapWriter, MapOutputs, model_tags
 from s2fin_cli.io.outputs import Output, check_outputs, given_path
 from s2fin_cli.io.reader import Scene, open_scene_from_options
@@ -219,7 +227,7 @@ def bounded_gdal_cache(cache_bytes: int) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How the jobs run: device, batch and block sizes, threads, progress."""
+    """How the jobs run: device, batch and block sizes, compile and bf16 modes, progress."""
 
     device: torch.device
     batch_size: int | None = None
@@ -227,6 +235,40 @@ class RunOptions:
     aux_bands: int | None = None
     shard: Shard | None = None
     progress: bool = True
+    compile: str = "auto"  # acceleration.maybe_compile: auto, on, off
+    bf16: str = "auto"  # acceleration.resolve_cpu_bf16: auto, on, off
+
+
+def check_modes(compile_mode: str, bf16_mode: str) -> None:
+    """``--compile`` and ``--bf16`` take auto, on or off (9 otherwise), before any work."""
+    for option, value in (("--compile", compile_mode), ("--bf16", bf16_mode)):
+        if value.strip().lower() not in ("auto", "on", "off"):
+            raise ConfigError(f"{option} {value!r} is not one of auto, on, off")
+
+
+def _prepared_model(jobs: list[Job], bundle: ModelBundle, options: RunOptions,
+                    batch_size: int, cpu_bf16: bool) -> torch.nn.Module:
+    """The network, compiled when ``options.compile`` says so (``auto``: when the pixels of
+    every job's scene outweigh the compile time at the eager speed, timed on one batch)."""
+    model = bundle.build_model(options.device)
+    pixels = rate = None
+    if options.compile.strip().lower() == "auto":
+        pixels = sum(_scene_pixels(job, options.aux_bands) for job in jobs)
+        if options.shard is not None:
+            pixels //= options.shard.count
+        if pixels >= MIN_COMPILE_PIXELS:  # below it compiling never pays: no probe either
+            probe = BlockPredictor(bundle, options.device, batch_size=batch_size, model=model,
+                                   cpu_bf16=cpu_bf16)
+            rate = eager_pixels_per_second(probe, batch_size)
+    decision = maybe_compile(model, options.device, options.compile, pixels=pixels,
+                             eager_pixels_per_second=rate, batch_size=batch_size, pad=True)
+    console.info(f"torch.compile: {decision.reason}")
+    return decision.model
+
+
+def _scene_pixels(job: Job, aux_bands: int | None) -> int:
+    with _quiet(), job.open(aux_bands) as scene:
+        return scene.grid.width * scene.grid.height
 
 
 def run_jobs(jobs: list[Job], bundle: ModelBundle, options: RunOptions
@@ -236,16 +278,19 @@ def run_jobs(jobs: list[Job], bundle: ModelBundle, options: RunOptions
     The caller bounds GDAL's cache and torch's threads (:func:`bounded_gdal_cache`,
     :func:`s2fin_cli.device.cpu_threads`) around the whole iteration.
     """
-    model = bundle.build_model(options.device)
+    cpu_bf16 = options.device.type == "cpu" and resolve_cpu_bf16(options.bf16)
+    batch_size = options.batch_size or default_batch_size(options.device)
+    model = _prepared_model(jobs, bundle, options, batch_size, cpu_bf16)
     names = {c.id: c.name for c in bundle.classes}
     shard = options.shard
     for job in jobs:
         for path in (job.outputs.classes, job.outputs.probabilities, job.outputs.confidence):
             if path is not None:
                 os.makedirs(path.parent, exist_ok=True)
-        predictor = BlockPredictor(bundle, options.device, batch_size=options.batch_size,
+        predictor = BlockPredictor(bundle, options.device, batch_size=batch_size,
                                    probabilities=job.outputs.probabilities is not None,
-                                   confidence=job.outputs.confidence is not None, model=model)
+                                   confidence=job.outputs.confidence is not None, model=model,
+                                   cpu_bf16=cpu_bf16)
         with _quiet():
             scene = job.open(options.aux_bands)
         with scene:
@@ -282,6 +327,7 @@ __all__ = [
     "RunOptions",
     "bounded_gdal_cache",
     "check_jobs",
+    "check_modes",
     "derived_name",
     "gdal_cache_bytes",
     "plan_jobs",

@@ -19,8 +19,20 @@ Device = Annotated[
 ]
 Threads = Annotated[
     int | None,
-    typer.Option("--threads", help="CPU threads for torch (default 1, fastest on busy or small "
-                 "machines; raise it on a dedicated multi-core server)."),
+    typer.Option("--threads", help="CPU threads for torch (default: the CPUs this process may "
+                 "use, from its affinity and cgroup quota, or OMP_NUM_THREADS; on a machine busy "
+                 "with other jobs --threads 1 can be faster)."),
+]
+Compile = Annotated[
+    str,
+    typer.Option("--compile", help="torch.compile the network: auto (only when the scene is "
+                 "large enough for the compile time to pay off), on, off. Compiled code is "
+                 "cached in ~/.cache/s2fin/inductor ($S2FIN_CACHE_DIR)."),
+]
+Bf16 = Annotated[
+    str,
+    typer.Option("--bf16", help="bfloat16 on the CPU: auto (only where the CPU computes it "
+                 "natively: AVX512-BF16 or AMX), on, off. CUDA always uses mixed precision."),
 ]
 Seed = Annotated[
     int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")

@@ -17,7 +17,9 @@ from s2fin_cli import console
 from s2fin_cli.cli.helpers import expand_paths
 from s2fin_cli.cli.options import (
     AuxBands,
+    Bf16,
     Cog,
+    Compile,
     CreationOptions,
     Device,
     HsiPath,
@@ -37,6 +39,7 @@ from s2fin_cli.prediction import (
     RunOptions,
     bounded_gdal_cache,
     check_jobs,
+    check_modes,
     gdal_cache_bytes,
     plan_jobs,
     prediction_tags,
@@ -102,9 +105,12 @@ def predict(
                      "RANK/WORLD_SIZE. Default: the whole scene."),
     ] = None,
     skip_value_check: SkipValueCheck = False,
+    compile_mode: Compile = "auto",
+    bf16: Bf16 = "auto",
     json_output: JsonOutput = False,
 ) -> None:
     """Classify scenes with a trained model into styled, georeferenced class maps."""
+    check_modes(compile_mode, bf16)
     scene_paths = expand_paths(list(scenes or []))
     shard = resolve_shard(shard_option)
     model_path = model
@@ -120,7 +126,8 @@ def predict(
     check_jobs(jobs, bundle, aux_bands, skip_value_check=skip_value_check)
     cache = gdal_cache_bytes(jobs, block_size + 2 * bundle.geometry.halo)
     options = RunOptions(select_device(device), batch_size=batch_size, block_size=block_size,
-                         aux_bands=aux_bands, shard=shard, progress=not json_output)
+                         aux_bands=aux_bands, shard=shard, progress=not json_output,
+                         compile=compile_mode, bf16=bf16)
     reports: list[dict[str, Any]] = []
     with bounded_gdal_cache(cache), cpu_threads(threads):
         for report in run_jobs(jobs, bundle, options):

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from s2fin_cli import console
+from s2fin_cli.acceleration import available_cpus
 from s2fin_cli.cli.options import (
     AuxBands,
     Device,
@@ -260,8 +261,8 @@ def launch_local(nproc: int, args: list[str], *, threads: int | None = None) -> 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc-per-node", str(nproc), "-m", "s2fin_cli", *args]
     env: dict[str, Any] = dict(os.environ)
-    # torchrun would set 1 itself, with a warning; s2fin trains with 1 thread by default anyway.
-    env.setdefault("OMP_NUM_THREADS", str(threads or 1))
+    # torchrun would set 1 itself, with a warning: share the CPUs this process may use instead.
+    env.setdefault("OMP_NUM_THREADS", str(threads or max(1, available_cpus() // nproc)))
     console.note(f"launching {nproc} processes: torchrun --standalone --nproc-per-node "
                  f"{nproc} -m s2fin_cli {' '.join(args)}")
     code = subprocess.run(command, env=env, check=False).returncode

@@ -50,7 +50,7 @@ def test_cuda_staging_is_pinned_and_copies_asynchronously(tmp_path: Path) -> Non
     import numpy as np
 
     from s2fin_cli.inference import BlockPredictor
-    from tests.s2fin_cli.helpers import tiny_bundle, write_scene
+    from tests.helpers import tiny_bundle, write_scene
 
     predictor = BlockPredictor(tiny_bundle(write_scene(tmp_path / "scene.tif")), "cuda")
     array = np.random.default_rng(0).normal(size=(5, 30, 30)).astype(np.float32)

@@ -263,3 +263,22 @@ def test_scheduler_variables_alone_never_shard(tmp_path: Path, scene: Path, mode
     report = json.loads(result.stdout)["scenes"][0]
     assert report["shard"] is None and report["pixels"] == GRID.width * GRID.height
     assert out.exists() and not list(tmp_path.glob("*.part-*"))
+
+
+def test_compile_and_bf16_modes(tmp_path: Path, scene: Path, model: Path) -> None:
+    out = tmp_path / "fp32.tif"
+    result = runner.invoke(app, ["-v", "predict", str(scene), "-m", str(model), "-o", str(out),
+                                 "--compile", "auto", "--bf16", "off"])
+    assert result.exit_code == 0, result.output
+    assert "torch.compile: auto" in result.stderr and "below" in result.stderr  # tiny scene
+    bf16 = tmp_path / "bf16.tif"
+    result = runner.invoke(app, ["predict", str(scene), "-m", str(model), "-o", str(bf16),
+                                 "--compile", "off", "--bf16", "on"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(out) as a, rasterio.open(bf16) as b:
+        assert (a.read(1) == b.read(1)).mean() > 0.9  # bf16 may flip near-ties only
+    for option in ("--compile", "--bf16"):
+        result = runner.invoke(app, ["predict", str(scene), "-m", str(model), "-o",
+                                     str(tmp_path / "x.tif"), option, "sometimes"])
+        assert result.exit_code == ConfigError.exit_code and "auto, on, off" in result.stderr
+    assert not (tmp_path / "x.tif").exists()
