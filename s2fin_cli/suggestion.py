@@ -64,7 +64,7 @@ from s2fin_cli.model_file import ModelBundle, load_model_file
 from s2fin_cli.patches import PatchGeometry
 from s2fin_cli.preprocessing import Preprocessor
 from s2fin_cli.reference import merge_label_sources
-from s2fin_cli.sampling import Samples, valid_centres
+from s2fin_cli.sampling import SAMPLE_READ_BLOCK, Samples, valid_centres
 from s2fin_cli.training_data import iter_sample_inputs
 
 # Candidates scored at most: a seeded uniform sample of the eligible pixels above this.
@@ -277,9 +277,11 @@ def feature_layer(model: nn.Module) -> nn.Linear:
 
 def score_pixels(model: nn.Module, scene: Scene, samples: Samples, preprocessor: Preprocessor,
                  geometry: PatchGeometry, device: torch.device, *, batch_size: int,
-                 features: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+                 features: bool = True, block_size: int = SAMPLE_READ_BLOCK
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Class probabilities (N, K) and feature vectors (N, D) (None unless ``features``) at
-    ``samples``, in sample order, block by block. Eval mode, ``torch.inference_mode``."""
+    ``samples``, in sample order, reading the blocks of ``block_size`` px that hold samples.
+    Eval mode, ``torch.inference_mode``."""
     n = len(samples)
     probs: np.ndarray | None = None
     feats: np.ndarray | None = None
@@ -292,7 +294,8 @@ def score_pixels(model: nn.Module, scene: Scene, samples: Samples, preprocessor:
     model.eval()
     try:
         with torch.inference_mode():
-            for part in iter_sample_inputs(scene, samples, preprocessor, geometry, device):
+            for part in iter_sample_inputs(scene, samples, preprocessor, geometry, device,
+                                           block_size=block_size):
                 for start in range(0, len(part), batch_size):
                     sl = slice(start, start + batch_size)
                     captured.clear()
@@ -376,7 +379,8 @@ def suggest_pixels(bundle: ModelBundle, scene: Scene, n: int, *,
     net = model if model is not None else bundle.build_model(device)
     diverse = strategy == "diverse"
     probs, feats = score_pixels(net, scene, candidates_at, bundle.preprocessor, bundle.geometry,
-                                device, batch_size=batch, features=diverse)
+                                device, batch_size=batch, features=diverse,
+                                block_size=block_size)
     known = (_labelled_features(net, scene, labelled, bundle, device, batch, seed)
              if diverse else None)
     timings["scores"] = time.perf_counter() - t0 - timings["candidates"]
