@@ -19,11 +19,11 @@ the generated scenes, and the real ones where ``../shared/data`` holds them):
   (:func:`s2fin_cli.sampling.apply_protocol`, the ``s2fin train --per-class`` draw).
 * **Rounds 1..R**: each strategy adds ``--per-round`` labels (default: two per class on
   average, at least 10) chosen by :func:`s2fin_cli.suggestion.suggest_pixels` with the
-  previous round's model: ``suggest`` (what ``s2fin suggest`` does: uncertain, a patch apart,
-  spread over classes and features), ``random`` (uniform over the same candidates) and
-  ``uncertainty`` (the most uncertain candidates, no diversity). All strategies see the same
-  candidates: valid answerable pixels outside the labelled pixels' patch neighbourhoods, at
-  most ``--max-candidates`` of them (a seeded uniform sample).
+  previous round's model: ``suggest`` (what ``s2fin suggest`` does: uncertain, none inside
+  another's patch, spread over classes and features), ``random`` (uniform over the same
+  candidates) and ``uncertainty`` (the most uncertain candidates, no diversity). All
+  strategies see the same candidates: valid answerable pixels inside no labelled pixel's
+  patch, at most ``--max-candidates`` of them (a seeded uniform sample).
 * **Training**: :func:`s2fin_cli.training.run_training` with ``s2fin train``'s defaults
   (whatever they are when the bench runs: the report prints them), scored on the test pixels.
 

@@ -158,11 +158,11 @@ def render(results: list[dict[str, Any]], summaries: list[dict[str, Any]],
         f"table says how many); {seeds} seed(s) (the seed draws round 0 and seeds every "
         "suggestion).",
         "* Strategies, all through `s2fin_cli.suggestion.suggest_pixels` with the previous "
-        "round's model and the same candidates (answerable pixels outside every labelled "
-        f"pixel's patch neighbourhood, at most {args.max_candidates} of them, a seeded uniform "
+        "round's model and the same candidates (answerable pixels inside no labelled "
+        f"pixel's patch, at most {args.max_candidates} of them, a seeded uniform "
         "sample; `s2fin suggest`'s own default is 20000): **s2fin suggest** (margin "
-        "uncertainty, a pool of the 10 n most uncertain, greedy picks a patch apart, round-robin "
-        "over predicted classes, uncertainty x feature distance), **random** (uniform over the "
+        "uncertainty, a pool of the 10 n most uncertain, greedy picks none inside another's "
+        "patch, round-robin over predicted classes, uncertainty x feature distance), **random** (uniform over the "
         "candidates) and **uncertainty alone** (the n most uncertain, no spacing or diversity).",
         "* Training: `s2fin_cli.training.run_training` with `s2fin train`'s defaults as they "
         f"were when this ran: {train['epochs']} epochs at most, batch {train['batch_size']}, lr "

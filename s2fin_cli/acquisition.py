@@ -19,8 +19,8 @@ Used by :mod:`s2fin_cli.suggestion` (``s2fin suggest``) and by ``bench/active_le
      Euclidean distance of its L2-normalised feature vector (the network's representation just
      before the classifier) to the nearest pick so far and to the already labelled pixels
      (weighted k-center: not redundant with what is known or chosen);
-  3. after each pick, the pool members at Chebyshev distance < ``spacing`` pixels of it (its
-     patch) leave the pool: no two picks share a patch.
+  3. after each pick, the pool members at Chebyshev distance < ``spacing`` pixels of it leave
+     the pool (``s2fin suggest``: ``patch // 2 + 1``, no pick inside another pick's patch).
 
   ``uncertainty``: the ``n`` most uncertain candidates, nothing else (the baseline "uncertainty
   alone"); ``random``: the ``n`` candidates with the smallest keys (a uniform sample).
@@ -156,7 +156,7 @@ def select_pixels(candidates: Candidates, n: int, *, acquisition: Acquisition = 
                   labelled_features: np.ndarray | None = None) -> np.ndarray:
     """Indexes (into ``candidates``) of up to ``n`` pixels to label, best first (module docs).
 
-    ``spacing``: picks keep a Chebyshev distance of at least this many pixels (the patch size);
+    ``spacing``: picks keep a Chebyshev distance of at least this many pixels;
     ``labelled_features``: feature vectors of pixels already labelled (diverse strategy).
     """
     if n < 1:

@@ -6,8 +6,8 @@ against the model: bands, modality, values), then :func:`suggest_pixels` (what t
 calls too) does the work in three passes that each keep memory to one block:
 
 1. **Candidates** (:func:`sample_candidates`): the scene is streamed block by block; a pixel is
-   eligible when both modalities have data there and no labelled pixel (``--labels``, every
-   file) lies at Chebyshev distance < patch size (its patch neighbourhood). Every eligible pixel
+   eligible when both modalities have data there and it lies inside no labelled pixel's patch
+   (``--labels``, every file; :func:`spacing_for`). Every eligible pixel
    gets a seeded key (:func:`~s2fin_cli.acquisition.pixel_keys`); the ``max_candidates``
    smallest keys are kept, a uniform sample without replacement, whatever the block size.
 2. **Scores** (:func:`score_pixels`): only the candidates' patches go through the network
@@ -161,6 +161,19 @@ class Suggestion:
             second_name=[names[i] if i >= 0 else "" for i in second],
             confidence=p1, margin=p1 - p2,
             entropy=normalised_entropy(self.probabilities), score=self.score)
+
+
+def spacing_for(patch_size: int) -> int:
+    """The smallest Chebyshev distance a suggestion keeps from labelled pixels and from other
+    suggestions: ``patch_size // 2 + 1``, so that no suggested pixel lies inside the patch of
+    another pixel (labelled or suggested) and each label brings a centre the network has not yet
+    seen in any training patch.
+
+    Why not ``patch_size`` (patches that do not even overlap)? Boxes of (2 patch - 1)^2 pixels
+    around every label use up a scene fast: on the 160 x 160 px benchmark scenes, 77 labels
+    (7 per class) already left fewer eligible pixels than a round of 22 suggestions needs.
+    """
+    return patch_size // 2 + 1
 
 
 def check_suggest_options(n: int, max_candidates: int, pool_factor: int,
@@ -357,7 +370,7 @@ def suggest_pixels(bundle: ModelBundle, scene: Scene, n: int, *,
     device = device or torch.device("cpu")
     batch = batch_size or default_batch_size(device)
     labelled = labelled if labelled is not None else Samples.empty()
-    spacing = bundle.geometry.patch_size
+    spacing = spacing_for(bundle.geometry.patch_size)
     sample = sample_candidates(scene, labelled, spacing=spacing, cap=max_candidates, seed=seed,
                                block_size=block_size, allowed=allowed)
     timings = {"candidates": time.perf_counter() - t0}
@@ -473,5 +486,6 @@ __all__ = [
     "run_suggest",
     "sample_candidates",
     "score_pixels",
+    "spacing_for",
     "suggest_pixels",
 ]

@@ -54,7 +54,7 @@ def suggest(
     labels: Annotated[
         list[Path] | None,
         typer.Option("--labels", help="Pixels already labelled (raster or vectors; repeatable): "
-                     "never suggested, nor any pixel within a patch of them."),
+                     "never suggested, nor any pixel inside their patches."),
     ] = None,
     label_field: LabelField = None,
     hsi: HsiPath = None,
@@ -92,7 +92,8 @@ def suggest(
     skip_value_check: SkipValueCheck = False,
     json_output: JsonOutput = False,
 ) -> None:
-    """Suggest the pixels to label next: uncertain, a patch apart, spread over the classes."""
+    """Suggest the pixels to label next: uncertain, none inside another's patch, spread over
+    the predicted classes and the network's features."""
     if acquisition not in ACQUISITIONS:
         raise ConfigError(f"--acquisition {acquisition!r} is not one of "
                           f"{', '.join(ACQUISITIONS)}")

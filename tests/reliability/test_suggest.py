@@ -79,7 +79,7 @@ def test_suggest_writes_a_styled_layer_and_excludes_labels(tiny: TinyData, tmp_p
     with rasterio.open(sparse) as ds:
         rows, cols = np.nonzero(ds.read(1))
     assert not within_distance(values["row"].astype(np.int64), values["col"].astype(np.int64),
-                               rows, cols, 7).any()
+                               rows, cols, 4).any()  # patch 7: outside every label's patch
     assert (out_dir / "next.csv").read_text().startswith("rank,row,col,x,y,")
     assert [str(n) for n in pyogrio.list_layers(out)[:, 0]] == ["next", "layer_styles"]
     # Deterministic: the same command gives the same points.

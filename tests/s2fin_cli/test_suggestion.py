@@ -27,6 +27,7 @@ from s2fin_cli.suggestion import (
     run_suggest,
     sample_candidates,
     score_pixels,
+    spacing_for,
     suggest_pixels,
 )
 from tests.helpers import save_tiny_model, tiny_bundle, torch_threads, utm_grid, write_scene
@@ -128,10 +129,12 @@ def test_suggestion_is_deterministic_spaced_and_excludes_labels(scene_path: Path
         rand = suggest_pixels(bundle, scene, 6, strategy="random", seed=1)
     assert len(a) == 6 and np.array_equal(a.rows, b.rows) and np.array_equal(a.cols, b.cols)
     assert a.scored == a.eligible and capped.scored == 50 and capped.eligible == a.eligible
-    assert not within_distance(a.rows, a.cols, labelled.rows, labelled.cols, 7).any()
+    spacing = spacing_for(bundle.geometry.patch_size)
+    assert spacing == 4  # patch 7: no suggestion inside the patch of a label or suggestion
+    assert not within_distance(a.rows, a.cols, labelled.rows, labelled.cols, spacing).any()
     cheb = np.maximum(np.abs(a.rows[:, None] - a.rows[None]), np.abs(a.cols[:, None]
                                                                        - a.cols[None]))
-    assert cheb[~np.eye(6, dtype=bool)].min() >= bundle.geometry.patch_size
+    assert cheb[~np.eye(6, dtype=bool)].min() >= spacing
     assert np.all(a.score >= 0) and np.all(a.score <= 1)
     assert np.allclose(a.probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert by_entropy.acquisition == "entropy" and len(by_entropy) == 6
