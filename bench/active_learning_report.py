@@ -162,8 +162,9 @@ def render(results: list[dict[str, Any]], summaries: list[dict[str, Any]],
         f"pixel's patch, at most {args.max_candidates} of them, a seeded uniform "
         "sample; `s2fin suggest`'s own default is 20000): **s2fin suggest** (margin "
         "uncertainty, a pool of the 10 n most uncertain, greedy picks none inside another's "
-        "patch, round-robin over predicted classes, uncertainty x feature distance), **random** (uniform over the "
-        "candidates) and **uncertainty alone** (the n most uncertain, no spacing or diversity).",
+        "patch, round-robin over predicted classes, uncertainty x feature distance), "
+        "**random** (uniform over the candidates) and **uncertainty alone** (the n most "
+        "uncertain, no spacing or diversity).",
         "* Training: `s2fin_cli.training.run_training` with `s2fin train`'s defaults as they "
         f"were when this ran: {train['epochs']} epochs at most, batch {train['batch_size']}, lr "
         f"{train['lr']:g}, weight decay {train['weight_decay']:g}, warm-up "
