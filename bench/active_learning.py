@@ -114,6 +114,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--plot", type=Path, default=None,
                    help="the PNG (default: --out with .png)")
     p.add_argument("--json", type=Path, default=None, help="also write every round as JSON")
+    p.add_argument("--from-json", type=Path, default=None,
+                   help="run nothing: rebuild --out and --plot from a run's --json")
     args = p.parse_args(argv)
     if args.plot is None:
         args.plot = args.out.with_suffix(".png")
@@ -363,12 +365,33 @@ def _scenes(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return keys, skipped
 
 
+def _rerender(args: argparse.Namespace) -> int:
+    """Rebuild the report and the PNG of a finished run from its ``--json`` (the run's own
+    command, wall time and options are kept; only ``--out`` and ``--plot`` are taken from
+    this command line)."""
+    data = json.loads(Path(args.from_json).read_text())
+    run_args = argparse.Namespace(**data["args"])
+    run_args.out, run_args.plot = args.out, args.plot
+    results = data["results"]
+    meta = {**data["meta"], "rendered_from": str(args.from_json)}
+    from bench.active_learning_report import plot, render
+
+    summaries = [summarise(r) for r in results]
+    plot(results, summaries, args.plot)
+    args.out.write_text(render(results, summaries, meta, run_args))
+    _log(f"wrote {args.out} and {args.plot} from {args.from_json}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json is not None:
+        return _rerender(args)
     keys, skipped = _scenes(args)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     started = _dt.datetime.now(_dt.timezone.utc)
     load0 = os.getloadavg()[0]
+    git = _git()  # the code that runs, before anyone commits during the run
     t0 = time.perf_counter()
     _log(f"scenes {', '.join(keys)}" + (f" (skipped, no data: {', '.join(skipped)})"
                                          if skipped else "") + f"; {args.jobs} job(s)")
@@ -381,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python3 bench/active_learning.py " + shlex.join(sys.argv[1:] if argv is None
                                                                     else argv),
         "started": started.isoformat(timespec="seconds"),
-        "minutes": round((time.perf_counter() - t0) / 60, 1), "git": _git(),
+        "minutes": round((time.perf_counter() - t0) / 60, 1), "git": git,
         "machine": _machine(), "load": (round(load0, 1), round(os.getloadavg()[0], 1)),
         "skipped": skipped, "train_defaults": TrainSettings().to_json(),
         "network_defaults": NetworkOptions().to_json(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,47 @@ def verdict(results: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> l
     return text
 
 
+def noise(results: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> list[str]:
+    """The largest fall of any strategy's OA from one round to the next: every strategy only
+    gains labels, so a fall is the training's own noise (one seed)."""
+    worst: tuple[float, str, str, float, float] | None = None
+    for result, summary in zip(results, summaries, strict=True):
+        for name in STRATEGY_NAMES:
+            curve = summary["curves"][name]
+            for a, b in pairwise(curve):
+                fall = a["oa"] - b["oa"]
+                if worst is None or fall > worst[0]:
+                    worst = (fall, result["title"], name, a["labels"], b["labels"])
+    if worst is None or worst[0] <= 0:
+        return []
+    fall, title, name, a, b = worst
+    return [f"**Noise.** Every strategy only gains labels from round to round, yet OA falls by "
+            f"up to {100 * fall:.1f} points between consecutive rounds ({_LABELS[name]} on "
+            f"{title}, from {a:.0f} to {b:.0f} labels): with one seed and the default recipe's "
+            "early stopping on a validation split of a fifth of these few labels, differences "
+            "of that size between strategies are within the training's noise. The mean OA over "
+            "the added rounds (below) is steadier than any single round."]
+
+
+def mean_table(results: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> list[str]:
+    """Mean OA over rounds 1..R (the area under the learning curve, per added round)."""
+    lines = ["| scene | " + " | ".join(_LABELS[n] for n in STRATEGY_NAMES) + " |",
+             "|---|" + "---:|" * len(STRATEGY_NAMES)]
+    totals = {n: 0.0 for n in STRATEGY_NAMES}
+    for result, summary in zip(results, summaries, strict=True):
+        means = {n: sum(p["oa"] for p in summary["curves"][n][1:])
+                 / max(1, len(summary["curves"][n]) - 1) for n in STRATEGY_NAMES}
+        best = max(means.values())
+        lines.append(f"| {result['title']} | " + " | ".join(
+            (f"**{_pct(means[n])}**" if means[n] == best else _pct(means[n]))
+            for n in STRATEGY_NAMES) + " |")
+        for n in STRATEGY_NAMES:
+            totals[n] += means[n] / max(1, len(results))
+    lines.append("| mean over scenes | " + " | ".join(_pct(totals[n]) for n in STRATEGY_NAMES)
+                 + " |")
+    return lines
+
+
 def curve_table(result: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     names = STRATEGY_NAMES
     head = ("| labels | " + " | ".join(f"{_LABELS[n]} OA" for n in names) + " | "
@@ -119,7 +161,7 @@ def _timing(result: dict[str, Any]) -> str:
             "scored candidates")
 
 
-def scene_section(result: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+def scene_section(result: dict[str, Any], summary: dict[str, Any], patch: int) -> list[str]:
     lines = [f"### {result['title']}", "", result["description"] + ".", ""]
     lines.append(f"* Classes ({len(result['classes'])}): {', '.join(result['classes'])}."
                  + (f" Left out: {'; '.join(result['dropped'])}." if result["dropped"] else ""))
@@ -127,8 +169,11 @@ def scene_section(result: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     lines.append(f"* Test pixels: {result['test']} ({per_class}). Answerable pixels (outside "
                  f"the test pixels' patch radius): {result['allowed']}.")
     lines.append(f"* {_timing(result)}.")
+    if result["caveats"]:
+        lines.append("* Caveats, from the accuracy benchmark's scene list (its patch is that "
+                     f"benchmark's 9 x 9; this one trains with {patch} x {patch}):")
     for caveat in result["caveats"]:
-        lines.append(f"* Caveat: {caveat}.")
+        lines.append(f"  * {caveat}.")
     lines += ["", "OA and AA % on the test pixels (mean over seeds):", ""]
     lines += curve_table(result, summary)
     lines += ["", "Labels added over all rounds, per class of the answer:", ""]
@@ -148,7 +193,7 @@ def render(results: list[dict[str, Any]], summaries: list[dict[str, Any]],
         "analyst, every strategy starts from the same labels and the same model, and each "
         "round adds the same number of labels chosen its own way.", "",
         "## How this was produced", "", "```", meta["command"], "```", "",
-        f"* Finished {meta['started']} (start), wall time **{meta['minutes']} min** "
+        f"* Started {meta['started']}, wall time **{meta['minutes']} min** "
         f"(git {meta['git']}).",
         f"* Machine: {meta['machine']}; torch limited to 1 thread per process, "
         f"{args.jobs} scene(s) at a time; 1-minute load average {meta['load'][0]} at the start "
@@ -178,6 +223,9 @@ def render(results: list[dict[str, Any]], summaries: list[dict[str, Any]],
         "of a generated scene, the test half of the label map of a real scene (cells of "
         f"{args.test_block} px); no label is taken within the patch radius of a test pixel.",
     ]
+    if meta.get("rendered_from"):
+        lines.append("* This page was rebuilt from that run's JSON (`--from-json`) after the "
+                     "report gained its noise and mean-OA summaries; every number is the run's.")
     if args.epochs is not None:
         lines.append(f"* **Smoke run: epochs overridden to {args.epochs}**, not `s2fin train`'s "
                      "defaults; these numbers say nothing about active learning.")
@@ -189,11 +237,14 @@ def render(results: list[dict[str, Any]], summaries: list[dict[str, Any]],
               "and how many fewer labels the measured count is than the random strategy's final "
               "count.", ""]
     lines += headline(results, summaries)
-    lines += ["", *verdict(results, summaries), "",
+    lines += ["", *verdict(results, summaries), "", *noise(results, summaries), "",
+              "Mean OA % over the added rounds (rounds 1 to "
+              f"{args.rounds}; the best of each scene in bold):", "",
+              *mean_table(results, summaries), "",
               f"![OA and AA against labels]({Path(args.plot).name})", "",
               "## Scenes", ""]
     for result, summary in zip(results, summaries, strict=True):
-        lines += scene_section(result, summary)
+        lines += scene_section(result, summary, int(net["patch_size"]))
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
