@@ -173,8 +173,8 @@ def _register_commands() -> None:
 
 
 # The commands in the order `s2fin --help` lists them.
-_COMMANDS: tuple[str, ...] = ("inspect", "stack", "synth", "train", "predict", "merge",
-                               "evaluate")
+_COMMANDS: tuple[str, ...] = ("inspect", "stack", "synth", "train", "predict", "suggest",
+                               "merge", "evaluate")
 # Command groups with subcommands (`s2fin datasets import ...`): a Typer object per module.
 _GROUPS: tuple[str, ...] = ("datasets",)
 
