@@ -11,6 +11,12 @@ OURS (reconstruction):
 - per modality and channel, weights for low vs high come from the band energies (mean squares)
   of all four parts through a small MLP, softmax over {low, high};
 - residual: map + w_low * (low_opt + low_act) + w_high * enhanced_high.
+
+Speed: the low-pass is a fixed linear map of each h x w channel, so it is applied as one
+[h*w, h*w] matrix (built each call from the learnable mask through the exact rfft2/irfft2 matrices
+of ``spectral_ops.real_dft2_matrices``) to the pixel axis of channels-last maps, instead of an FFT
+round trip per channel. ``dense_dft = False`` selects the FFT form (same result to float32
+rounding; the reference for tests and for FLOP counts, which then do not count the DFT).
 """
 
 from __future__ import annotations
@@ -20,12 +26,33 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .spectral_ops import autocast_disabled, radial_frequency
+from .spectral_ops import (
+    autocast_disabled,
+    map_tokens,
+    radial_frequency,
+    real_dft2_matrices,
+    tokens_map,
+)
 
 
 class AFCM(nn.Module):
-    def __init__(self, dim: int, radius_init: float, temperature: float) -> None:
+    dense_dft: bool  # low-pass as one matrix product (True) or as an FFT round trip
+    dft_forward: Tensor  # non-persistent buffers (with ``size``): the DFT matrices
+    dft_inverse: Tensor
+
+    def __init__(
+        self, dim: int, radius_init: float, temperature: float, size: int | None = None
+    ) -> None:
+        """``size``: the side of the maps, when known, to keep the DFT matrices as
+        (non-persistent) buffers: they follow .to(device) and are graph inputs under
+        torch.compile. Other sizes use ``real_dft2_matrices``' cache."""
         super().__init__()
+        self.dense_dft = True
+        self.size = size
+        if size is not None:
+            forward, inverse = real_dft2_matrices(size, size, torch.device("cpu"))
+            self.register_buffer("dft_forward", forward.clone(), persistent=False)
+            self.register_buffer("dft_inverse", inverse.clone(), persistent=False)
         self.temperature = temperature
         self.radius_logit = nn.Parameter(torch.tensor(math.log(radius_init / (1 - radius_init))))
         self.high_optical = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
@@ -41,12 +68,27 @@ class AFCM(nn.Module):
         mask = torch.sigmoid((torch.sigmoid(self.radius_logit) - r) / self.temperature)
         return torch.where(r > 0, mask, torch.ones_like(mask))
 
+    def low_operator(self, h: int, w: int, device: torch.device) -> Tensor:
+        """The low-pass as a real [h*w, h*w] matrix on row-major pixels: irfft2(rfft2(.) * mask)."""
+        if self.size is not None and h == w == self.size:
+            forward, inverse = self.dft_forward.float(), self.dft_inverse.float()
+        else:
+            forward, inverse = real_dft2_matrices(h, w, device)
+        mask = self.low_mask(h, w, device).reshape(-1)
+        return inverse @ (torch.cat([mask, mask])[:, None] * forward)
+
     def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(low, high) parts of maps x [B, C, H, W], computed in float32; low + high == x."""
         h, w = x.shape[-2:]
         with autocast_disabled(x.device.type):
             xf = x.float()
-            low = torch.fft.irfft2(torch.fft.rfft2(xf) * self.low_mask(h, w, x.device), s=(h, w))
+            if self.dense_dft:
+                operator = self.low_operator(h, w, x.device)
+                low = tokens_map(torch.matmul(operator, map_tokens(xf)), h, w)
+            else:
+                low = torch.fft.irfft2(
+                    torch.fft.rfft2(xf) * self.low_mask(h, w, x.device), s=(h, w)
+                )
             high = xf - low
         return low.to(x.dtype), high.to(x.dtype)
 
@@ -64,6 +106,6 @@ class AFCM(nn.Module):
         logits = self.weights(torch.log1p(energy).to(optical.dtype)).view(b, 2, c, 2)
         w = logits.softmax(dim=-1)[..., None, None]  # [B, modality, C, {low, high}, 1, 1]
         low = low_o + low_a
-        optical = optical + w[:, 0, :, 0] * low + w[:, 0, :, 1] * high_o
-        active = active + w[:, 1, :, 0] * low + w[:, 1, :, 1] * high_a
+        optical = torch.addcmul(optical, w[:, 0, :, 0], low).addcmul_(w[:, 0, :, 1], high_o)
+        active = torch.addcmul(active, w[:, 1, :, 0], low).addcmul_(w[:, 1, :, 1], high_a)
         return optical, active

@@ -11,6 +11,11 @@ OURS (reconstruction), per channel of the deep maps:
 gamma = softplus(.) > 0 so that agreeing phases always raise the mask; gamma, b and lambda are
 per channel. Because R is real and symmetric (S(-k) = S(k) for real maps), the half spectrum of
 rfft2 is enough and the outputs stay real.
+
+Speed: rfft2 and irfft2 of the small maps are applied as real matrix products on the pixel axis of
+channels-last maps (``spectral_ops.real_dft2_matrices``: the exact linear maps of the FFTs), with
+the spectra kept as separate real and imaginary blocks; ``dense_dft = False`` selects the FFT form
+(same result to float32 rounding; the reference for tests and for FLOP counts).
 """
 
 from __future__ import annotations
@@ -21,10 +26,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .spectral_ops import autocast_disabled, phase_similarity, radial_frequency
+from .spectral_ops import (
+    autocast_disabled,
+    map_tokens,
+    phase_similarity,
+    radial_frequency,
+    real_dft2_matrices,
+    tokens_map,
+)
 
 
 class HFRM(nn.Module):
+    dense_dft: bool  # DFTs as matrix products (True) or torch.fft (False)
+    dft_forward: Tensor  # non-persistent buffers (with ``size``), see AFCM
+    dft_inverse: Tensor
+
     def __init__(
         self,
         dim: int,
@@ -34,8 +50,15 @@ class HFRM(nn.Module):
         bias_init: float = -2.0,
         lambda_init: float = 0.5,
         eps: float = 1e-6,
+        size: int | None = None,
     ) -> None:
         super().__init__()
+        self.dense_dft = True
+        self.size = size
+        if size is not None:
+            forward, inverse = real_dft2_matrices(size, size, torch.device("cpu"))
+            self.register_buffer("dft_forward", forward.clone(), persistent=False)
+            self.register_buffer("dft_inverse", inverse.clone(), persistent=False)
         self.temperature = temperature
         self.eps = eps
         self.radius_logit = nn.Parameter(torch.tensor(math.log(radius_init / (1 - radius_init))))
@@ -66,6 +89,8 @@ class HFRM(nn.Module):
             return self.resonance_mask(p, a, h, w)
 
     def forward(self, optical: Tensor, active: Tensor) -> tuple[Tensor, Tensor]:
+        if self.dense_dft:
+            return self._forward_dense(optical, active)
         h, w = optical.shape[-2:]
         with autocast_disabled(optical.device.type):
             p = torch.fft.rfft2(optical.float())
@@ -74,3 +99,29 @@ class HFRM(nn.Module):
             opt_out = torch.fft.irfft2(p * gain, s=(h, w))
             act_out = torch.fft.irfft2(a * gain, s=(h, w))
         return opt_out.to(optical.dtype), act_out.to(active.dtype)
+
+    def _forward_dense(self, optical: Tensor, active: Tensor) -> tuple[Tensor, Tensor]:
+        """The same computation with the DFTs as matrix products on [B, pixels, C] tokens."""
+        b, c, h, w = optical.shape
+        with autocast_disabled(optical.device.type):
+            if self.size is not None and h == w == self.size:
+                forward, inverse = self.dft_forward.float(), self.dft_inverse.float()
+            else:
+                forward, inverse = real_dft2_matrices(h, w, optical.device)
+            bins = forward.shape[0] // 2
+            p = torch.matmul(forward, map_tokens(optical.float())).view(b, 2, bins, c)
+            a = torch.matmul(forward, map_tokens(active.float())).view(b, 2, bins, c)
+            # phase_similarity on (real, imaginary) blocks: Re(p conj(a)) / sqrt(...)
+            num = (p * a).sum(dim=1)
+            pp = p.square().sum(dim=1).add_(self.eps)
+            aa = a.square().sum(dim=1).add_(self.eps)
+            s = num / torch.sqrt(pp.mul_(aa))  # [B, bins, C]
+            agree = torch.sigmoid(torch.addcmul(self.bias, F.softplus(self.gamma_raw), s))
+            gain = 1 + self.lam * (self.highpass(h, w, optical.device).reshape(bins, 1) * agree)
+            gain = gain.unsqueeze(1)  # the same real gain for both parts
+            opt_out = torch.matmul(inverse, (p * gain).view(b, 2 * bins, c))
+            act_out = torch.matmul(inverse, (a * gain).view(b, 2 * bins, c))
+        return (
+            tokens_map(opt_out, h, w).to(optical.dtype),
+            tokens_map(act_out, h, w).to(active.dtype),
+        )

@@ -71,11 +71,18 @@ class ChannelAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, d = x.shape
-        q, k, v = self.qkv(self.norm(x)).view(b, n, 3, self.heads, d // self.heads).unbind(2)
+        dh = d // self.heads
+        qkv = self.qkv(self.norm(x))  # [B, N, 3d]
+        # normalize(q) @ normalize(k)^T with the L2 normalisation over tokens (F.normalize:
+        # x / max(|x|, 1e-12)) applied to the small [dh, dh] product instead of to q and k; the
+        # norms are one reduction over the token axis of the projection.
+        inv = torch.linalg.vector_norm(qkv[..., : 2 * d], dim=1).clamp_min(1e-12).reciprocal()
+        inv_q, inv_k = inv.view(b, 2, self.heads, dh).unbind(1)  # [B, h, dh]
+        q, k, v = qkv.view(b, n, 3, self.heads, dh).unbind(2)
         q, k, v = (t.permute(0, 2, 3, 1) for t in (q, k, v))  # [B, h, dh, N]
-        q = F.normalize(q, dim=-1)
-        k = F.normalize(k, dim=-1)
-        attn = ((q @ k.transpose(-2, -1)) * self.temperature).softmax(dim=-1)  # [B, h, dh, dh]
+        scale = (inv_q * self.temperature.view(1, self.heads, 1)).unsqueeze(-1)
+        scores = (q @ k.transpose(-2, -1)) * scale * inv_k.unsqueeze(-2)
+        attn = scores.softmax(dim=-1)  # [B, h, dh, dh]
         out = (attn @ v).permute(0, 3, 1, 2).reshape(b, n, d)
         return x + self.drop(self.proj(out))
 

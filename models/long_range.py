@@ -53,8 +53,7 @@ def selective_scan(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk
     Returns:
         y [Bt, L, H, P] with h_t = exp(dt_t a) h_{t-1} + dt_t x_t b_t^T and y_t = h_t c_t.
     """
-    bt, length, heads, p = x.shape
-    n = b.shape[-1]
+    length = x.shape[1]
     chunk = max(1, min(chunk, length))
     pad = (-length) % chunk
     if pad:
@@ -63,42 +62,68 @@ def selective_scan(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk
         dt = F.pad(dt, (0, 0, 0, pad))
         b = F.pad(b, (0, 0, 0, pad))
         c = F.pad(c, (0, 0, 0, pad))
-    nc = x.shape[1] // chunk
-    # Layouts are chosen so the matmuls below need no broadcast copies: B and C are shared by
-    # the heads, so heads and head channels are folded into one axis where B or C is contracted.
-    log_a = (dt * a).view(bt, nc, chunk, heads)  # <= 0
-    a_cum = torch.cumsum(log_a, dim=2)  # [Bt, nc, l, H]
-    xs = (x * dt.unsqueeze(-1)).reshape(bt, nc, chunk, heads, p)  # [Bt, nc, l, H, P]
+    return _chunked_scan(x, dt, a, b, c, chunk)[:, :length]
+
+
+def _chunked_scan(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk: int) -> Tensor:
+    """:func:`selective_scan` on inputs whose length is a multiple of ``chunk``.
+
+    Returns a new contiguous [Bt, L, H, P] tensor (the caller may add to it in place when
+    autograd is off).
+
+    Layouts are chosen for the fewest copies: the per-head (quadratic) parts run head-major
+    ([Bt, chunks, H, l, ...], what the batched matmuls need), everything that is shared by the
+    heads (B, C and the output) stays token-major, and the output is produced token-major by a
+    matmul plus two in-place passes.
+    """
+    bt, length, heads, p = x.shape
+    n = b.shape[-1]
+    nc = length // chunk
+    neg_inf = float("-inf")
+    a_cum = torch.cumsum((dt * a).view(bt, nc, chunk, heads), dim=2)  # [Bt, nc, l, H], <= 0
+    a_cum_h = a_cum.transpose(2, 3).contiguous()  # [Bt, nc, H, l]
+    # B and C may be column slices of one projection: reshape keeps them views.
     b = b.reshape(bt * nc, chunk, n)
     c = c.reshape(bt * nc, chunk, n)
 
-    # 1. within-chunk outputs: y[i] = sum_{j<=i} (c_i . b_j) exp(a_cum[i] - a_cum[j]) xs[j].
-    # The exponent is <= 0 on and below the diagonal; above it, the entries are dropped (not
-    # exponentiated: the positive difference could overflow and give a NaN gradient).
-    a_cum_h = a_cum.transpose(2, 3)  # [Bt, nc, H, l]
-    lower = torch.ones(chunk, chunk, dtype=torch.bool, device=x.device).tril()
-    diff = a_cum_h.unsqueeze(-1) - a_cum_h.unsqueeze(-2)  # [Bt, nc, H, l(i), l(j)]
-    decay = _decay(diff, lower)
-    cb = (c @ b.transpose(-1, -2)).view(bt, nc, 1, chunk, chunk)
-    y_diag = (cb * decay) @ xs.transpose(2, 3)  # [Bt, nc, H, l, P]
+    # 1. within-chunk outputs: y[i] = sum_{j<=i} (c_i . b_j) exp(a_cum[i] - a_cum[j]) dt_j x_j.
+    # The exponent is <= 0 on and below the diagonal. Above it the entries are clamped to 0 (so
+    # they are never exponentiated to something that could overflow) and zeroed through the
+    # causal mask on c.b, which also gives them exactly zero gradient.
+    seg = (a_cum_h.unsqueeze(-1) - a_cum_h.unsqueeze(-2)).clamp(max=0.0)  # [Bt, nc, H, i, j]
+    decay = seg.masked_fill(seg <= _DECAY_FLOOR, neg_inf).exp()
+    cb = torch.bmm(c, b.transpose(1, 2)).tril_()  # [Bt*nc, i, j], shared by the heads
+    weights = decay * cb.view(bt, nc, 1, chunk, chunk)
+    # dt_j x_j, head-major. dt first: the product then takes dt's (head-major) layout.
+    dt_h = dt.view(bt, nc, chunk, heads).transpose(2, 3).contiguous()
+    xs = dt_h.unsqueeze(-1) * x.view(bt, nc, chunk, heads, p).transpose(2, 3)  # [Bt,nc,H,l,P]
+    y_diag = torch.matmul(weights, xs)  # [Bt, nc, H, l, P]
 
-    # 2. state at the end of each chunk from its own inputs: [Bt, nc, H * P, N]
-    to_end = _decay(a_cum[:, :, -1:] - a_cum).unsqueeze(-1)  # [Bt, nc, l, H, 1]
-    states = (xs * to_end).reshape(bt * nc, chunk, heads * p).transpose(-1, -2) @ b
-    states = states.view(bt, nc, heads, p, n)
+    # 2. state at the end of each chunk from its own inputs: [Bt, nc, H, P, N]
+    to_end = _decay(a_cum_h[..., -1:] - a_cum_h)  # [Bt, nc, H, l]
+    b_h = to_end.unsqueeze(-1) * b.view(bt, nc, 1, chunk, n)  # [Bt, nc, H, l, N]
+    states = torch.matmul(xs.transpose(-1, -2), b_h)
 
     # 3. recurrence across chunks (L / chunk steps on small states): state entering each chunk.
-    chunk_decay = _decay(a_cum[:, :, -1])  # [Bt, nc, H]
-    carried = [torch.zeros_like(states[:, 0])]
+    # unbind, not states[:, i]: the backward of one unbind is one stack, whereas each indexing
+    # op's backward would zero-fill a full-size gradient (O(nc^2) memory traffic).
+    chunk_decay = _decay(a_cum_h[..., -1])[..., None, None].unbind(1)  # nc x [Bt, H, 1, 1]
+    chunk_states = states.unbind(1)  # nc x [Bt, H, P, N]
+    carried = [torch.zeros_like(chunk_states[0])]
     for i in range(nc - 1):
-        carried.append(chunk_decay[:, i, :, None, None] * carried[-1] + states[:, i])
+        carried.append(torch.addcmul(chunk_states[i], chunk_decay[i], carried[-1]))
     entering = torch.stack(carried, dim=1)  # [Bt, nc, H, P, N]
 
-    # 4. contribution of the entering state: exp(a_cum[i]) * (c_i . state)
-    entering = entering.view(bt * nc, heads * p, n).transpose(-1, -2)  # [Bt*nc, N, H*P]
-    y_off = (c @ entering).view(bt, nc, chunk, heads, p) * _decay(a_cum).unsqueeze(-1)
-    y = y_off + y_diag.transpose(2, 3)  # [Bt, nc, l, H, P]
-    return y.reshape(bt, nc * chunk, heads, p)[:, :length]
+    # 4. contribution of the entering state, exp(a_cum[i]) * (c_i . state), token-major; then
+    # the within-chunk part is added in place (reading it head-major).
+    y = torch.bmm(c, entering.view(bt * nc, heads * p, n).transpose(1, 2))  # [Bt*nc, l, H*P]
+    y = y.view(bt, nc, chunk, heads, p)
+    if torch.is_grad_enabled():
+        # out of place: in-place ops on a view cost a full-size copy in the backward pass
+        y = y * _decay(a_cum).unsqueeze(-1) + y_diag.transpose(2, 3)
+    else:
+        y.mul_(_decay(a_cum).unsqueeze(-1)).add_(y_diag.transpose(2, 3))
+    return y.view(bt, length, heads, p)
 
 
 def selective_scan_reference(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
@@ -132,15 +157,31 @@ class ScanDirection(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x [B, L, E] (already in this direction's order) -> [B, L, E]."""
         bsz, length, inner = x.shape
-        xc = F.silu(self.conv(x.transpose(1, 2))[..., :length].transpose(1, 2).contiguous())
+        chunk = max(1, min(self.chunk, length))
+        pad = (-length) % chunk
+        padded = length + pad
+        # Causal depthwise conv as a channels-last conv2d on the token-major input: no layout
+        # copies in or out. The extra left padding (pad) shifts the output so that its first
+        # ``padded`` positions are the causal conv of the tokens followed by ``pad`` tail
+        # positions: the chunk padding comes for free, and a causal scan never lets the tail
+        # influence real tokens.
+        kernel = self.conv.weight.shape[-1]
+        conv = F.conv2d(
+            x.transpose(1, 2).unsqueeze(2), self.conv.weight.unsqueeze(2), self.conv.bias,
+            padding=(0, kernel - 1 + pad), groups=inner,
+        )  # fmt: skip
+        xc = F.silu(conv.squeeze(2)[..., pad : pad + padded].transpose(1, 2))  # [B, Lp, E]
         b, c, dt = self.bcdt(xc).split([self.state, self.state, self.heads], dim=-1)
+        # float32 at least (float64 stays float64, for tests against the token loop)
+        dtype = torch.promote_types(xc.dtype, torch.float32)
         with autocast_disabled(x.device.type):
-            xh = xc.float().view(bsz, length, self.heads, inner // self.heads)
-            dt = F.softplus(dt.float() + self.dt_bias)
+            xh = xc.to(dtype).view(bsz, padded, self.heads, inner // self.heads)
+            dt = F.softplus(dt.to(dtype) + self.dt_bias)
             a = -torch.exp(self.a_log)
-            y = selective_scan(xh, dt, a, b.float(), c.float(), self.chunk)
-            y = y + self.skip[:, None] * xh
-        return y.reshape(bsz, length, inner).to(x.dtype)
+            y = _chunked_scan(xh, dt, a, b.to(dtype), c.to(dtype), chunk)
+            skip = self.skip[:, None]
+            y = torch.addcmul(y, xh, skip) if torch.is_grad_enabled() else y.addcmul_(xh, skip)
+        return y.view(bsz, padded, inner)[:, :length].to(x.dtype)
 
 
 class BiScanBlock(nn.Module):

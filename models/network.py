@@ -74,7 +74,7 @@ class S2Fin(nn.Module):
         nn.init.trunc_normal_(self.spatial_pos, std=0.02)
         self.afcm: nn.Module = PairIdentity()
         if cfg.use_afcm:
-            self.afcm = AFCM(d, cfg.afcm_radius_init, cfg.radial_temperature)
+            self.afcm = AFCM(d, cfg.afcm_radius_init, cfg.radial_temperature, size=p)
         self.ssaf: nn.Module = SSAFIdentity()
         if cfg.use_ssaf:
             self.ssaf = SSAF(d, cfg.heads, s, cfg.dropout)
@@ -82,7 +82,7 @@ class S2Fin(nn.Module):
         self.active_deep = ConvTower(d, cfg.spatial_depth, cfg.ffn_ratio, cfg.dropout)
         self.hfrm: nn.Module = PairIdentity()
         if cfg.use_hfrm:
-            self.hfrm = HFRM(d, cfg.hfrm_radius_init, cfg.radial_temperature)
+            self.hfrm = HFRM(d, cfg.hfrm_radius_init, cfg.radial_temperature, size=p)
         self.tokens = TokenAssembler(d)
         # Neutral long-range counterpart: tokens go to the head unmixed (only normalised).
         self.long_range: nn.Module = nn.LayerNorm(d)
@@ -112,6 +112,11 @@ class S2Fin(nn.Module):
         if not spectral.shape[0] == spatial.shape[0] == active.shape[0]:
             raise ValueError("S2Fin: spectral, spatial and active must share the batch size")
         spec_tokens = self.hfset(spectral)
+        # The spatial branches run channels-last ([B, H, W, C] in memory): the convolutions are
+        # faster in that layout, and pixel tokens (SSAF, HFRM/AFCM's DFT products, the token
+        # sequence) are then views instead of transposed copies.
+        spatial = spatial.contiguous(memory_format=torch.channels_last)
+        active = active.contiguous(memory_format=torch.channels_last)
         optical = self.optical_stem(spatial) + self.spatial_pos
         act = self.active_stem(active) + self.spatial_pos
         optical, act = self.afcm(optical, act)

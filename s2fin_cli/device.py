@@ -1,14 +1,22 @@
-"""Device selection and mixed precision: CUDA when present, the CPU otherwise."""
+"""Device selection, mixed precision and CPU threads: CUDA when present, the CPU otherwise.
+
+Importing this module before torch makes torch's OpenMP threads wait passively
+(:func:`s2fin_cli.acceleration.configure_openmp`); the CLI also does so first thing.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 
-import torch
+from s2fin_cli.acceleration import configure_openmp, default_threads
 
-from s2fin_cli import console
-from s2fin_cli.errors import ConfigError
+configure_openmp()  # before torch loads its OpenMP runtime, when this is the first import of it
+
+import torch  # noqa: E402
+
+from s2fin_cli import console  # noqa: E402
+from s2fin_cli.errors import ConfigError  # noqa: E402
 
 
 def select_device(spec: str = "auto") -> torch.device:
@@ -32,12 +40,21 @@ def select_device(spec: str = "auto") -> torch.device:
     raise ConfigError(f"--device {spec} is not one of auto, cpu, cuda, cuda:N")
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager[None]:
-    """Mixed precision on CUDA (bf16 where supported, else fp16); full float32 on the CPU.
+def autocast(device: torch.device, enabled: bool = True,
+             cpu_bf16: bool = False) -> contextlib.AbstractContextManager[None]:
+    """Mixed precision on CUDA (bf16 where supported, else fp16); on the CPU bfloat16 only with
+    ``cpu_bf16`` (see :func:`s2fin_cli.acceleration.resolve_cpu_bf16`), else full float32.
 
-    The network keeps its FFTs in float32 under autocast itself (models/spectral_ops.py).
+    The network keeps its FFTs, DFT products and selective scan in float32 under autocast itself
+    (models/spectral_ops.py, models/long_range.py).
     """
-    if device.type != "cuda" or not enabled:
+    if not enabled:
+        return contextlib.nullcontext()
+    if device.type == "cpu":
+        if not cpu_bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    if device.type != "cuda":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast(device_type="cuda", dtype=dtype)
@@ -45,19 +62,21 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
 
 @contextlib.contextmanager
 def cpu_threads(threads: int | None) -> Iterator[None]:
-    """torch intra-op threads for the duration of a command (default 1), restored after.
+    """torch intra-op threads for the duration of a command, restored after.
 
-    One thread by default: S²Fin's ops on patch batches are small, and on a busy machine a
-    descheduled sibling thread stalls every op. On this project's 2-core CI machine an epoch of
-    the sample scene ran 6-50x slower with 2 threads than with 1, and a prediction of the sample
-    scene took 651 s with torch's default against 79 s with one thread (s2fin predict
-    sample_scenes/scene.tif, measured while other jobs ran). On a dedicated multi-core server,
-    raise it with --threads.
+    Default (``threads`` None): :func:`s2fin_cli.acceleration.default_threads`, i.e. the CPUs
+    this process may use (affinity mask, cgroup quota) when torch's OpenMP threads wait
+    passively, 1 otherwise. The old default of 1 came from a prediction of the sample scene that
+    took 651 s with torch's default threads against 79 s with one on this project's busy 2-core
+    machine: the cause was OpenMP's spinning waits under oversubscription (measured: with
+    OMP_WAIT_POLICY=PASSIVE the 2-thread slowdown on a busy machine drops from 3-10x to at most
+    ~1.3x, and 2 threads are faster when the cores are free). On a machine shared with other
+    CPU-bound jobs, ``--threads 1`` can still be the fastest choice.
     """
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
     before = torch.get_num_threads()
-    torch.set_num_threads(threads or 1)
+    torch.set_num_threads(threads or default_threads())
     try:
         yield
     finally:

@@ -1,0 +1,276 @@
+"""How close `s2fin predict` and training run to what this machine can do (issue 13).
+
+In one run, for the CLI's default network (--dim 32 --depth 1) and the paper-sized one (--dim 80
+--depth 2), on a synthetic scene made by the CLI itself (`s2fin synth` + `s2fin stack`, 64 HSI
+bands + 2 LiDAR bands, 11 classes) with a model made by `s2fin train --epochs 1`:
+
+- predict px/s: `python -m s2fin_cli predict SCENE -m MODEL -o OUT --json --overwrite` as a
+  subprocess with the CLI's defaults (threads, batch size, block size); pixels and seconds come
+  from its JSON (time inside the command: reading, preprocessing, network, writing);
+- forward px/s: the forward pass alone on pre-cut patches (the model file's network, the CLI's
+  CPU/CUDA batch size, eval mode under inference_mode, the CLI's default threads): the ceiling;
+- MFLOP/px: torch.utils.flop_counter over one forward with AFCM/HFRM in their FFT form, i.e.
+  counting the network's matmuls, convolutions and attention and not the DFTs (the count the
+  issue's 16.8 / 116.7 MFLOP/px refer to);
+- peak: this machine's all-core float32 matmul rate (a 2048^3 sgemm with all allowed threads,
+  measured in the same run; TF32 off on CUDA), and utilisation = MFLOP/px x px/s / peak;
+- train steps/s: a direct loop of the CLI's training step (forward, label-smoothed cross-entropy,
+  backward, gradient clipping, AdamW; TrainSettings' defaults, batch 32) on random patches, in
+  train mode, with the CLI's threads: the network's training speed without data loading and
+  augmentation (`s2fin train --json` reports no per-epoch time).
+
+    python3 bench/bench_speed.py                          # CPU, 96 x 96 scene
+    python3 bench/bench_speed.py --device cuda --size 512 --json out.json
+    python3 bench/bench_speed.py --compile                # adds the compiled forward ceiling
+
+Timings on a shared machine vary with what else runs: the load average is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from s2fin_cli.acceleration import (  # noqa: E402 - before torch: OpenMP waits passively
+    available_cpus,
+    configure_openmp,
+    cpu_bf16_support,
+    default_threads,
+    maybe_compile,
+)
+
+configure_openmp()
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from models import AFCM, HFRM, S2Fin  # noqa: E402
+from s2fin_cli.inference import DEFAULT_BATCH_SIZE, DEFAULT_CPU_BATCH_SIZE  # noqa: E402
+from s2fin_cli.model_file import load_model_file  # noqa: E402
+from s2fin_cli.training import TrainSettings  # noqa: E402
+
+NETWORKS: dict[str, list[str]] = {
+    "default": [],  # the CLI's defaults: --dim 32 --depth 1
+    "paper": ["--dim", "80", "--depth", "2"],
+}
+
+
+def _cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "s2fin_cli", *args]
+    run_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get(
+        "PYTHONPATH", "")]).rstrip(os.pathsep), **(env or {}))
+    result = subprocess.run(cmd, capture_output=True, text=True, env=run_env, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int,
+                    warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_flops(device: torch.device, repeats: int, size: int = 2048) -> float:
+    """All-core float32 matmul FLOP/s (TF32 off on CUDA)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    return 2.0 * size**3 / _median_seconds(lambda: a @ b, device, repeats)
+
+
+def reference_flops_per_pixel(model: S2Fin, inputs: tuple[torch.Tensor, ...]) -> float:
+    """FLOPs per pixel with AFCM/HFRM in their FFT form (DFTs not counted)."""
+    blocks = [m for m in model.modules() if isinstance(m, AFCM | HFRM)]
+    for m in blocks:
+        m.dense_dft = False
+    try:
+        counter = FlopCounterMode(display=False)
+        with torch.inference_mode(), counter:
+            model(*inputs)
+    finally:
+        for m in blocks:
+            m.dense_dft = True
+    return counter.get_total_flops() / inputs[0].shape[0]
+
+
+def random_inputs(model: S2Fin, batch: int, device: torch.device,
+                  seed: int = 0) -> tuple[torch.Tensor, ...]:
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    p, s = cfg.patch_size, cfg.spectral_window
+    shapes = [(batch, cfg.bands, s, s), (batch, cfg.reduced_bands, p, p),
+              (batch, cfg.active_bands, p, p)]
+    return tuple(torch.randn(shape, generator=g).to(device) for shape in shapes)
+
+
+def forward_rate(model: Any, inputs: tuple[torch.Tensor, ...], device: torch.device,
+                 repeats: int) -> float:
+    def run() -> object:
+        with torch.inference_mode():
+            return model(*inputs)
+
+    return inputs[0].shape[0] / _median_seconds(run, device, repeats)
+
+
+def train_rate(model: S2Fin, device: torch.device, repeats: int) -> float:
+    """Steps/s of the CLI's training step without data loading: forward, label-smoothed
+    cross-entropy, backward, gradient clipping, AdamW, with TrainSettings' defaults (batch 32)."""
+    settings = TrainSettings()
+    batch = settings.batch_size
+    model = model.train()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr,
+                                  weight_decay=settings.weight_decay)
+    inputs = random_inputs(model, batch, device, seed=1)
+    labels = torch.randint(0, model.config.num_classes, (batch,), device=device)
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(*inputs).float(), labels,
+                                                 label_smoothing=settings.label_smoothing)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        optimiser.step()
+
+    return 1.0 / _median_seconds(step, device, repeats, warmup=2)
+
+
+def make_scene(work: Path, size: int) -> Path:
+    synth = work / "synth"
+    _cli(["synth", str(synth), "--size", str(size), "--bands", "64", "--seed", "0"])
+    scene = work / "scene.tif"
+    _cli(["stack", "--hsi", str(synth / "hsi.tif"), "--lidar", str(synth / "lidar.tif"),
+          "-o", str(scene)])
+    return scene
+
+
+def measure_network(name: str, scene: Path, work: Path, device: torch.device,
+                    threads: int | None, args: argparse.Namespace) -> dict[str, Any]:
+    model_path = work / f"{name}.s2fin"
+    device_args = ["--device", device.type]
+    thread_args = ["--threads", str(threads)] if threads else []
+    _cli(["train", str(scene), "--labels", str(scene.parent / "synth" / "train_labels.tif"),
+          "--epochs", "1", "-o", str(model_path), "--overwrite", "--json", *NETWORKS[name],
+          *device_args, *thread_args])
+    out = _cli(["predict", str(scene), "-m", str(model_path), "-o", str(work / f"{name}.tif"),
+                "--json", "--overwrite", *device_args, *thread_args])
+    report = json.loads(out.stdout)["scenes"][0]
+    predict_rate = report["classified"] / report["seconds"]
+
+    bundle = load_model_file(model_path)
+    model = bundle.build_model(device)
+    batch = DEFAULT_BATCH_SIZE if device.type == "cuda" else DEFAULT_CPU_BATCH_SIZE
+    inputs = random_inputs(model, batch, device)
+    flops = reference_flops_per_pixel(model, inputs)
+    row: dict[str, Any] = {
+        "network": name, "params": sum(p.numel() for p in model.parameters()),
+        "mflop_per_px": flops / 1e6, "predict_px_s": predict_rate,
+        "predict_pixels": report["classified"], "predict_seconds": report["seconds"],
+        "forward_px_s": forward_rate(model, inputs, device, args.repeats), "batch": batch,
+    }
+    if args.compile:
+        decision = maybe_compile(model, device, "on")
+        start = time.perf_counter()
+        forward_rate(decision.model, inputs, device, 1)  # compiles
+        row["compile_seconds"] = time.perf_counter() - start
+        row["compiled_forward_px_s"] = forward_rate(decision.model, inputs, device, args.repeats)
+    if not args.skip_train:
+        row["train_steps_s"] = train_rate(bundle.build_model(device), device, args.repeats)
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--size", type=int, default=96, help="scene side in pixels")
+    parser.add_argument("--networks", default="default,paper")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="pass --threads N to the CLI and use N here (0: the CLI default)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="also the compiled forward")
+    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--work-dir", type=Path, help="keep scene/models here (default: temp)")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: CUDA is not available")
+    threads = args.threads or None
+    torch.set_num_threads(threads or default_threads())
+    bf16 = cpu_bf16_support()
+    env: dict[str, Any] = {
+        "torch": torch.__version__, "python": platform.python_version(), "device": str(device),
+        "cpu": platform.processor() or platform.machine(), "cpus_allowed": available_cpus(),
+        "threads": torch.get_num_threads(), "bf16": bf16.describe(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "-"),
+        "load_before": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    print(" ".join(f"{k}={v}" for k, v in env.items()))
+    peak = peak_flops(device, args.repeats)
+    print(f"peak float32 matmul, {torch.get_num_threads()} thread(s): {peak / 1e9:.1f} GFLOP/s")
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="s2fin-bench-") as tmp:
+        work = args.work_dir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        scene = make_scene(work, args.size)
+        for name in args.networks.split(","):
+            row = measure_network(name, scene, work, device, threads, args)
+            for key in ("predict", "forward", "compiled_forward"):
+                if f"{key}_px_s" in row:
+                    row[f"{key}_util"] = row["mflop_per_px"] * 1e6 * row[f"{key}_px_s"] / peak
+            rows.append(row)
+            print(json.dumps(row))
+    env["load_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+
+    header = (f"{'network':<8} {'params':>8} {'MFLOP/px':>9} {'predict px/s':>13} {'util':>6} "
+              f"{'forward px/s':>13} {'util':>6} {'train step/s':>13}")
+    print(f"\nscene {args.size}x{args.size}, device {device}, {torch.get_num_threads()} "
+          f"thread(s), peak {peak / 1e9:.1f} GFLOP/s")
+    print(header)
+    for r in rows:
+        train = f"{r['train_steps_s']:13.2f}" if "train_steps_s" in r else f"{'-':>13}"
+        print(f"{r['network']:<8} {r['params']:>8d} {r['mflop_per_px']:>9.1f} "
+              f"{r['predict_px_s']:>13.1f} {r['predict_util']:>6.1%} {r['forward_px_s']:>13.1f} "
+              f"{r['forward_util']:>6.1%} {train}")
+        if "compiled_forward_px_s" in r:
+            print(f"{'':<8} compiled forward {r['compiled_forward_px_s']:.1f} px/s "
+                  f"({r['compiled_forward_util']:.1%}), compile {r['compile_seconds']:.1f} s")
+    result = {"environment": env, "peak_flops": peak, "networks": rows}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

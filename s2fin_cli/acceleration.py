@@ -1,0 +1,323 @@
+"""CPU threads and OpenMP waiting, bfloat16 on CPUs that support it natively, torch.compile with
+a persistent on-disk cache.
+
+Why OpenMP waiting matters (measured on this project's shared 2-core machine): torch's OpenMP
+runtime (GNU libgomp) lets idle threads spin for a while before sleeping. When other processes
+keep the cores busy, a spinning thread occupies the core its sibling needs to finish the same
+parallel region, and every one of the few hundred regions per forward pass then waits for a
+scheduler time slice: with 2 threads, a forward pass ran 3 to 10x slower than with one (a sample
+scene prediction took 651 s against 79 s). With OMP_WAIT_POLICY=PASSIVE, threads sleep as soon as
+they wait, and 2 threads cost at most ~1.3x one thread's time on the same loaded machine instead.
+libgomp reads the policy once, when torch loads it: :func:`configure_openmp` must run before the
+first ``import torch`` of the process. This module therefore imports torch only inside functions.
+
+Default threads (:func:`default_threads`): the CPUs this process may use (its affinity mask,
+capped by a cgroup CPU quota) when OpenMP waits passively; 1 when torch was loaded with spinning
+waits (the safe choice then).
+
+torch.compile (:func:`maybe_compile`): inductor compiles the network into fused C++/Triton kernels
+once per process and shape; its artefacts go to a persistent cache (:func:`compile_cache_dir`,
+``~/.cache/s2fin/inductor`` by default), so a second process compiles from cache in a fraction of
+the time. ``auto`` compiles only where the measured saving exceeds the compile cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+WAIT_POLICY_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+_state: dict[str, bool] = {"configured": False, "passive": False}
+# Whether the user's environment already chose a wait policy when s2fin first looked.
+_USER_WAIT_POLICY = any(v in os.environ for v in WAIT_POLICY_VARS)
+
+
+def configure_openmp() -> bool:
+    """Make OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE) unless the environment already
+    chose a policy. Call before torch is imported; children (e.g. ``train --nproc`` workers)
+    inherit it. Returns :func:`openmp_waits_passively`.
+    """
+    if not _USER_WAIT_POLICY and "OMP_WAIT_POLICY" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    if not _state["configured"]:
+        _state["configured"] = True
+        # Effective only if torch (and so libgomp) is not loaded yet, or the user's environment
+        # set a policy before this process started (then torch saw it too).
+        _state["passive"] = "torch" not in sys.modules or _USER_WAIT_POLICY
+    return openmp_waits_passively()
+
+
+def openmp_waits_passively() -> bool:
+    """True when torch's OpenMP threads sleep instead of spinning while they wait (or when the
+    user's environment chose the policy: theirs to judge)."""
+    if _USER_WAIT_POLICY:
+        return True
+    return _state["configured"] and _state["passive"]
+
+
+def _cgroup_cpu_limit(path: Path = Path("/sys/fs/cgroup/cpu.max")) -> float | None:
+    """CPUs allowed by a cgroup v2 quota ("200000 100000" -> 2.0), None without a quota."""
+    try:
+        quota, period = path.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return max(float(quota) / float(period), 0.0)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (os.sched_getaffinity), capped by a
+    cgroup v2 CPU quota (containers), at least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit()
+    if limit is not None:
+        cpus = min(cpus, max(1, math.ceil(limit)))
+    return max(1, cpus)
+
+
+def default_threads() -> int:
+    """torch intra-op threads when --threads is not given: :func:`available_cpus` if OpenMP
+    waits passively, else 1 (spinning waits made 2 threads 3-10x slower on a busy machine).
+
+    No core is held back for the prediction pipeline's reader and writer threads: they mostly
+    wait on I/O, and on the 2-core machine holding one back (i.e. one torch thread) was not
+    faster while the machine was otherwise idle.
+    """
+    return available_cpus() if openmp_waits_passively() else 1
+
+
+# --- bfloat16 on the CPU ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CpuBf16:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16) and what it has."""
+
+    native: bool
+    capability: str  # torch's vector ISA level, e.g. "AVX2", "AVX512"
+    features: tuple[str, ...]  # the bf16-relevant features found
+
+    def describe(self) -> str:
+        have = ", ".join(self.features) or "no AVX512-BF16/AMX-BF16"
+        kind = "native" if self.native else "emulated (slow)"
+        return f"CPU bfloat16 {kind}: {self.capability}, {have}"
+
+
+_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "amx_tile"})
+
+
+def _cpuinfo_flags(path: Path = Path("/proc/cpuinfo")) -> set[str]:
+    try:
+        text = path.read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def cpu_bf16_support() -> CpuBf16:
+    """Detect native bfloat16 arithmetic: torch's CPU feature table where it has one, else the
+    kernel's /proc/cpuinfo flags. Only AVX512-BF16 and AMX-BF16 count as native: elsewhere
+    oneDNN emulates bfloat16 with float32 conversions, slower than float32 itself."""
+    import torch
+
+    capability = str(torch.backends.cpu.get_cpu_capability())
+    # torch >= 2.3 exposes its cpuinfo table (private, hence the guard)
+    table_fn = getattr(getattr(torch._C, "_cpu", None), "_get_cpu_capability", None)
+    table = table_fn() if callable(table_fn) else None
+    if isinstance(table, dict):
+        found = {k for k in _BF16_FLAGS if table.get(k)}
+    else:
+        found = set(_BF16_FLAGS & _cpuinfo_flags())
+    native = "avx512_bf16" in found or "amx_bf16" in found
+    return CpuBf16(native, capability, tuple(sorted(found)))
+
+
+def resolve_cpu_bf16(mode: str) -> bool:
+    """``--bf16`` on the CPU: ``on``/``off``, or ``auto`` = on only where the CPU computes
+    bfloat16 natively (there the class maps agreed with float32 on >= 99.5 % of pixels, see
+    docs/network.md)."""
+    text = mode.strip().lower()
+    if text not in ("auto", "on", "off"):
+        raise ValueError(f"bf16 mode must be auto, on or off, got {mode!r}")
+    if text == "auto":
+        return cpu_bf16_support().native
+    return text == "on"
+
+
+# --- torch.compile ----------------------------------------------------------------------------
+
+# Measured on the project's 2-core CPU (see docs/network.md, Speed): compile seconds with a cold
+# and a warm on-disk cache, and the compiled forward's speed-up over eager, for networks of about
+# the default CLI size. Used by ``auto`` to estimate whether compiling pays off.
+CPU_COMPILE_SECONDS_COLD = 150.0
+CPU_COMPILE_SECONDS_WARM = 20.0
+CPU_COMPILE_SPEEDUP = 1.25
+CUDA_COMPILE_SECONDS = 60.0
+CUDA_COMPILE_SPEEDUP = 1.5
+
+
+def compile_cache_dir() -> Path:
+    """Where inductor keeps compiled artefacts across processes: $S2FIN_CACHE_DIR/inductor, else
+    $XDG_CACHE_HOME/s2fin/inductor, else ~/.cache/s2fin/inductor. An existing
+    TORCHINDUCTOR_CACHE_DIR is respected by :func:`use_compile_cache`."""
+    base = os.environ.get("S2FIN_CACHE_DIR")
+    if base:
+        return Path(base) / "inductor"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    root = Path(xdg) if xdg else Path.home() / ".cache"
+    return root / "s2fin" / "inductor"
+
+
+def use_compile_cache(path: Path | None = None) -> Path:
+    """Point inductor's on-disk caches (FX graph, AOTAutograd, kernels) at ``path`` (default
+    :func:`compile_cache_dir`) unless TORCHINDUCTOR_CACHE_DIR is already set; returns the
+    directory in use."""
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current and path is None:
+        return Path(current)
+    target = path if path is not None else compile_cache_dir()
+    target.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(target)
+    return target
+
+
+def compile_warm(path: Path | None = None) -> bool:
+    """Whether the compile cache holds compiled artefacts (a previous process compiled)."""
+    directory = path if path is not None else Path(
+        os.environ.get("TORCHINDUCTOR_CACHE_DIR") or compile_cache_dir()
+    )
+    return (directory / "fxgraph").is_dir() and any((directory / "fxgraph").iterdir())
+
+
+def break_even_pixels(eager_pixels_per_second: float, device_type: str = "cpu",
+                      warm: bool = False) -> float:
+    """Scene size (pixels) above which compiling saves time: the compile cost divided by the
+    time saved per pixel, eager_rate and the measured speed-up giving the latter."""
+    if device_type == "cuda":
+        seconds, speedup = CUDA_COMPILE_SECONDS, CUDA_COMPILE_SPEEDUP
+    else:
+        seconds = CPU_COMPILE_SECONDS_WARM if warm else CPU_COMPILE_SECONDS_COLD
+        speedup = CPU_COMPILE_SPEEDUP
+    saved_per_pixel = (1.0 - 1.0 / speedup) / eager_pixels_per_second
+    return seconds / saved_per_pixel
+
+
+@dataclass
+class CompileDecision:
+    model: Any  # the module to call: compiled or the original
+    compiled: bool
+    reason: str
+
+
+def _static_batch_module(model: torch.nn.Module, compiled: Any, batch_size: int,
+                         pad: bool) -> torch.nn.Module:
+    import torch
+
+    class StaticBatch(torch.nn.Module):
+        """Calls the compiled graph with exactly ``batch_size`` samples, so it compiles once.
+
+        Smaller batches are zero-padded (``pad``; exact for S²Fin in eval mode: every sample is
+        normalised on its own, so neighbours never change a sample's output) or run by the
+        uncompiled module (same parameters; for training, where padding would change the loss);
+        larger ones are split."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.eager = model  # registered: .parameters(), .train()/.eval() reach the model
+
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            n = inputs[0].shape[0]
+            if n == batch_size:
+                out: torch.Tensor = compiled(*inputs)
+                return out
+            if n > batch_size:
+                parts = [self(*(t[i:i + batch_size] for t in inputs))
+                         for i in range(0, n, batch_size)]
+                return torch.cat(parts)
+            if not pad:
+                eager_out: torch.Tensor = self.eager(*inputs)
+                return eager_out
+            padded = [torch.cat([t, t.new_zeros((batch_size - n, *t.shape[1:]))])
+                      for t in inputs]
+            padded_out: torch.Tensor = compiled(*padded)
+            return padded_out[:n]
+
+    return StaticBatch()
+
+
+def maybe_compile(model: torch.nn.Module, device: torch.device, mode: str = "auto", *,
+                  pixels: int | None = None, eager_pixels_per_second: float | None = None,
+                  batch_size: int | None = None, pad: bool = True) -> CompileDecision:
+    """torch.compile ``model`` (inductor, static shapes) according to ``mode``.
+
+    Args:
+        mode: ``on``, ``off``, or ``auto``: compile only when ``pixels`` (the work ahead, e.g. the
+            scene's pixel count) exceeds :func:`break_even_pixels` for the given eager rate.
+            Without a rate or pixel count, ``auto`` does not compile.
+        pixels, eager_pixels_per_second: the work ahead and the eager speed (pixels/s), for
+            ``auto``.
+        batch_size: the batch size the caller uses; with it, the returned module feeds the
+            compiled graph only that size (see ``StaticBatch``) so that partial batches (the last
+            one of every block) do not trigger recompilations. ``pad``: zero-pad partial batches
+            (inference) instead of running them uncompiled (training).
+
+    Compilation itself happens on the first call (inductor, minutes on a small CPU with a cold
+    cache). The on-disk cache is set up first (:func:`use_compile_cache`).
+    """
+    import torch
+
+    text = mode.strip().lower()
+    if text not in ("auto", "on", "off"):
+        raise ValueError(f"compile mode must be auto, on or off, got {mode!r}")
+    if text == "off":
+        return CompileDecision(model, False, "compile off")
+    if text == "auto":
+        if pixels is None or eager_pixels_per_second is None or eager_pixels_per_second <= 0:
+            return CompileDecision(model, False, "auto: no estimate of the work ahead")
+        warm = compile_warm()
+        need = break_even_pixels(eager_pixels_per_second, device.type, warm)
+        if pixels < need:
+            return CompileDecision(model, False, f"auto: {pixels:,} px is below the break-even "
+                                                 f"{need:,.0f} px ({'warm' if warm else 'cold'} "
+                                                 "compile cache)")
+        reason = f"auto: {pixels:,} px is above the break-even {need:,.0f} px"
+    else:
+        reason = "compile on"
+    use_compile_cache()
+    compiled = torch.compile(model, dynamic=False)
+    if batch_size is not None:
+        return CompileDecision(_static_batch_module(model, compiled, batch_size, pad), True,
+                               reason)
+    return CompileDecision(compiled, True, reason)
+
+
+@contextlib.contextmanager
+def cpu_autocast(enabled: bool) -> Iterator[None]:
+    """bfloat16 autocast on the CPU (the network keeps its FFTs, DFT products and selective scan
+    in float32 inside it); a no-op when disabled."""
+    import torch
+
+    if not enabled:
+        yield
+        return
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        yield

@@ -1,0 +1,188 @@
+"""OpenMP waiting, default threads, CPU bfloat16 detection and the torch.compile switch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from s2fin_cli import acceleration
+from s2fin_cli.acceleration import (
+    CpuBf16,
+    available_cpus,
+    break_even_pixels,
+    compile_cache_dir,
+    cpu_autocast,
+    cpu_bf16_support,
+    maybe_compile,
+    resolve_cpu_bf16,
+    use_compile_cache,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+PROBE = """
+import json, os, sys
+{before}
+from s2fin_cli import acceleration as a
+a.configure_openmp()
+import torch
+print(json.dumps({{"policy": os.environ.get("OMP_WAIT_POLICY"),
+                  "passive": a.openmp_waits_passively(), "threads": a.default_threads(),
+                  "cpus": a.available_cpus()}}))
+"""
+
+
+def _probe(before: str = "", **env: str) -> dict[str, object]:
+    clean = {k: v for k, v in os.environ.items() if k not in acceleration.WAIT_POLICY_VARS}
+    clean.update(env, PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-c", PROBE.format(before=before)], env=clean,
+                         capture_output=True, text=True, check=True, timeout=120)
+    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_openmp_waits_passively_when_configured_before_torch() -> None:
+    result = _probe()
+    assert result["policy"] == "PASSIVE" and result["passive"] is True
+    assert result["threads"] == result["cpus"]
+
+
+def test_torch_loaded_first_keeps_one_thread_by_default() -> None:
+    result = _probe(before="import torch")
+    assert result["passive"] is False and result["threads"] == 1
+
+
+def test_a_users_wait_policy_is_respected() -> None:
+    result = _probe(OMP_WAIT_POLICY="ACTIVE")
+    assert result["policy"] == "ACTIVE"
+    assert result["threads"] == result["cpus"]
+
+
+def test_available_cpus_follows_affinity_and_cgroup_quota(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    monkeypatch.setattr(acceleration, "_cgroup_cpu_limit", lambda: None)
+    assert available_cpus() == 6
+    monkeypatch.setattr(acceleration, "_cgroup_cpu_limit", lambda: 2.5)
+    assert available_cpus() == 3
+    monkeypatch.setattr(acceleration, "_cgroup_cpu_limit", lambda: 0.2)
+    assert available_cpus() == 1
+
+
+def test_cgroup_quota_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "cpu.max"
+    path.write_text("250000 100000\n")
+    assert acceleration._cgroup_cpu_limit(path) == 2.5
+    path.write_text("max 100000\n")
+    assert acceleration._cgroup_cpu_limit(path) is None
+    assert acceleration._cgroup_cpu_limit(tmp_path / "absent") is None
+
+
+def test_cpu_bf16_detection_reports_what_the_cpu_has(tmp_path: Path) -> None:
+    info = cpu_bf16_support()
+    assert isinstance(info, CpuBf16) and info.capability
+    assert info.native == ("avx512_bf16" in info.features or "amx_bf16" in info.features)
+    assert ("native" in info.describe()) == info.native
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor : 0\nflags : fpu avx2 avx512f avx512_bf16 amx_tile\n")
+    assert acceleration._cpuinfo_flags(cpuinfo) >= {"avx512_bf16", "amx_tile"}
+    assert resolve_cpu_bf16("auto") == info.native
+    assert resolve_cpu_bf16("on") and not resolve_cpu_bf16("OFF")
+    with pytest.raises(ValueError, match="bf16"):
+        resolve_cpu_bf16("maybe")
+
+
+def test_cpu_autocast_runs_matmuls_in_bf16_and_ffts_in_float32() -> None:
+    from models import AFCM
+
+    x = torch.randn(2, 4, 11, 11)
+    with cpu_autocast(True):
+        assert (x.flatten(1) @ torch.randn(484, 3)).dtype == torch.bfloat16
+        low, _ = AFCM(4, 0.35, 0.05).split(x)
+    assert low.dtype == torch.float32  # the split runs with autocast off
+    with cpu_autocast(False):
+        assert (x.flatten(1) @ torch.randn(484, 3)).dtype == torch.float32
+
+
+def test_compile_cache_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("S2FIN_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compile_cache_dir() == tmp_path / "xdg" / "s2fin" / "inductor"
+    monkeypatch.setenv("S2FIN_CACHE_DIR", str(tmp_path / "own"))
+    assert compile_cache_dir() == tmp_path / "own" / "inductor"
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    assert use_compile_cache() == tmp_path / "own" / "inductor"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "own" / "inductor")
+    assert (tmp_path / "own" / "inductor").is_dir()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "theirs"))
+    assert use_compile_cache() == tmp_path / "theirs"  # an explicit setting wins
+
+
+def test_break_even_and_auto_decisions(monkeypatch: pytest.MonkeyPatch) -> None:
+    rate = 500.0
+    need = break_even_pixels(rate, "cpu", warm=False)
+    speedup = acceleration.CPU_COMPILE_SPEEDUP
+    saved = need / rate * (1 - 1 / speedup)
+    assert saved == pytest.approx(acceleration.CPU_COMPILE_SECONDS_COLD)
+    assert break_even_pixels(rate, "cpu", warm=True) < need
+    model = torch.nn.Linear(3, 2)
+    device = torch.device("cpu")
+    monkeypatch.setattr(acceleration, "compile_warm", lambda path=None: False)
+    assert maybe_compile(model, device, "off").model is model
+    small = maybe_compile(model, device, "auto", pixels=int(need / 2), eager_pixels_per_second=rate)
+    assert not small.compiled and small.model is model and "below" in small.reason
+    assert not maybe_compile(model, device, "auto").compiled  # no estimate: eager
+    with pytest.raises(ValueError, match="compile mode"):
+        maybe_compile(model, device, "sometimes")
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Compiling takes about a minute on a 2-core CPU even for a small module: slow."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("S2FIN_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4))
+    decision = maybe_compile(model, torch.device("cpu"), "on")
+    assert decision.compiled
+    x = torch.randn(8, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(decision.model(x), model(x), atol=1e-6, rtol=1e-5)
+    assert any((tmp_path / "inductor").iterdir())
+
+
+def test_static_batch_feeds_the_compiled_graph_one_batch_size(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without compiling for real: torch.compile replaced by a recorder of batch sizes."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    seen: list[int] = []
+
+    def fake_compile(model: torch.nn.Module, dynamic: bool) -> object:
+        def call(*inputs: torch.Tensor) -> torch.Tensor:
+            seen.append(inputs[0].shape[0])
+            out: torch.Tensor = model(*inputs)
+            return out
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = torch.nn.Linear(3, 2).eval()
+    cpu = torch.device("cpu")
+    padded = maybe_compile(model, cpu, "on", batch_size=4).model
+    x = torch.randn(10, 3)
+    with torch.inference_mode():
+        torch.testing.assert_close(padded(x), model(x))
+        torch.testing.assert_close(padded(x[:3]), model(x[:3]))
+    assert seen == [4, 4, 4, 4]  # 10 = 4 + 4 + 2 padded; then 3 padded
+    assert list(padded.parameters()) == list(model.parameters())
+    seen.clear()
+    fallback = maybe_compile(model, cpu, "on", batch_size=4, pad=False).model
+    fallback(x[:3])
+    fallback(x[:4])
+    assert seen == [4]  # the partial batch ran uncompiled
