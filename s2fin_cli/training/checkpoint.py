@@ -45,6 +45,8 @@ class LoopState:
     bad_epochs: int
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
+    averaged: dict[str, Tensor] = field(default_factory=dict)  # the weight average (--ema)
+    average_steps: int = 0
 
     def to_payload(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "model": self.model, "optimizer": self.optimizer,
@@ -52,7 +54,8 @@ class LoopState:
                 "best_epoch": self.best_epoch,
                 "best_score": [float(self.best_score[0]), float(self.best_score[1])],
                 "bad_epochs": self.bad_epochs, "history": self.history,
-                "stopped_early": self.stopped_early}
+                "stopped_early": self.stopped_early, "averaged": self.averaged,
+                "average_steps": self.average_steps}
 
     @classmethod
     def from_payload(cls, data: dict[str, Any]) -> LoopState:
@@ -61,7 +64,9 @@ class LoopState:
                    int(data["best_epoch"]),
                    (float(data["best_score"][0]), float(data["best_score"][1])),
                    int(data["bad_epochs"]), list(data["history"]),
-                   bool(data.get("stopped_early", False)))
+                   bool(data.get("stopped_early", False)),
+                   {k: v.clone() for k, v in (data.get("averaged") or {}).items()},
+                   int(data.get("average_steps", 0)))
 
 
 @dataclass

@@ -53,7 +53,6 @@ from s2fin_cli.preprocessing import Preprocessor, fit_preprocessor
 from s2fin_cli.reference import merge_label_sources, read_reference
 from s2fin_cli.sampling import (
     DEFAULT_SPLIT_BLOCK,
-    DEFAULT_VAL_FRACTION,
     Protocol,
     Samples,
     Split,
@@ -61,6 +60,7 @@ from s2fin_cli.sampling import (
     blocked_split,
     drop_invalid_centres,
     pixel_overlap,
+    resolve_val_fraction,
 )
 from s2fin_cli.scoring import index_report, score_at_samples
 from s2fin_cli.training.checkpoint import Checkpoint, checkpoint_path_for, resume_checkpoint
@@ -96,7 +96,8 @@ class TrainRequest:
     overwrite: bool = False
     per_class: int | None = None
     train_fraction: float | None = None
-    val_fraction: float = DEFAULT_VAL_FRACTION
+    # None: "auto" (sampling.resolve_val_fraction: a blocked split only with enough labels).
+    val_fraction: float | None = None
     split_block: int = DEFAULT_SPLIT_BLOCK
     network: NetworkOptions = field(default_factory=NetworkOptions)
     settings: TrainSettings = field(default_factory=TrainSettings)
@@ -138,7 +139,7 @@ def check_request(request: TrainRequest, *, outputs: bool = True) -> Protocol:
     if outputs:
         check_train_outputs(request)
     protocol = Protocol.from_options(request.per_class, request.train_fraction)
-    if not 0.0 <= request.val_fraction < 1.0:
+    if request.val_fraction is not None and not 0.0 <= request.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {request.val_fraction}")
     request.network.validate()
     if request.threads is not None and request.threads < 1:
@@ -180,6 +181,7 @@ class _Selection:
     split: Split
     dropped_nodata: dict[int, int]
     rows: list[dict[str, Any]]  # per-class counts (the split table)
+    val_fraction: float  # the one used (the request's, or the auto rule's)
 
 
 def _train(request: TrainRequest, device: torch.device, protocol: Protocol, ctx: RunContext,
@@ -253,16 +255,17 @@ def _select_samples(request: TrainRequest, scene: Scene, protocol: Protocol,
     budget = apply_protocol(labelled, protocol, classes, seed=settings.seed)
     console.note(f"protocol: {protocol.describe()} (seed {settings.seed}): "
                  + describe_counts(classes, budget.counts(classes)))
-    split = blocked_split(budget, classes, val_fraction=request.val_fraction,
+    val_fraction = resolve_val_fraction(request.val_fraction, budget.counts(classes))
+    split = blocked_split(budget, classes, val_fraction=val_fraction,
                           block_size=request.split_block, patch_size=request.network.patch_size,
                           seed=settings.seed)
-    warn_about_split(split, classes, request.val_fraction)
+    warn_about_split(split, classes, val_fraction, auto=request.val_fraction is None)
     # Seeded, so the same on every rank: checked, not broadcast.
     ctx.check_same(_samples_digest(split), "the training samples")
     rows = split.table_rows(classes)
     if not request.json_lines and console.verbosity() >= 0:
         console.stderr.print(split_table(rows, dropped_nodata))
-    return _Selection(classes, labelled, split, dropped_nodata, rows)
+    return _Selection(classes, labelled, split, dropped_nodata, rows, val_fraction)
 
 
 def _samples_digest(split: Split) -> str:
@@ -317,12 +320,13 @@ def _preprocessing(scene: Scene, request: TrainRequest, checkpoint: Checkpoint |
                    ctx: RunContext) -> Preprocessor:
     """The resumed run's preprocessing, or one fitted on the training scene (on rank 0, and
     broadcast, so every rank holds the same bits)."""
+    derived = request.network.derived_inputs(scene.aux_kind)
     if checkpoint is not None:
-        return Preprocessor.from_tensors(checkpoint.preprocessing)
+        return Preprocessor.from_tensors(checkpoint.preprocessing, derived)
     console.info("fitting normalisation and PCA on the training scene")
     return Preprocessor.from_tensors(ctx.from_main(
-        lambda: fit_preprocessor(scene, request.network.pca,
-                                 seed=request.settings.seed).tensors()))
+        lambda: fit_preprocessor(scene, request.network.pca, seed=request.settings.seed,
+                                 derived=derived).tensors()), derived)
 
 
 def _patch_sets(scene: Scene, split: Split, pre: Preprocessor, config: S2FinConfig,
@@ -339,13 +343,15 @@ def _patch_sets(scene: Scene, split: Split, pre: Preprocessor, config: S2FinConf
 def _announce(model: nn.Module, split: Split, settings: TrainSettings, device: torch.device,
               ctx: RunContext) -> None:
     n_params = parameter_table(model)[-1][1]
+    per_epoch = -(-len(split.train) // (settings.batch_size * ctx.world_size))
     world = ""
     if ctx.world_size > 1:
         world = (f" x {ctx.world_size} ranks ({ctx.describe().get('backend')}; batch "
                  f"{settings.batch_size} per rank, {settings.batch_size * ctx.world_size} "
                  "effective)")
     console.note(f"training S²Fin ({n_params:,} parameters) on {len(split.train)} samples, "
-                 f"validating on {len(split.val)}, {settings.epochs} epochs max, "
+                 f"validating on {len(split.val)}, {settings.epochs_for(per_epoch)} epochs "
+                 f"{'max' if len(split.val) else '(fixed schedule)'}, "
                  f"device {device}" + world)
 
 
@@ -372,7 +378,8 @@ def _provenance(request: TrainRequest, protocol: Protocol, inputs: dict[str, Inp
         "created": utc_now(),
         "inputs": inputs,
         "protocol": {**protocol.to_json(), "description": protocol.describe(),
-                     "val_fraction": request.val_fraction,
+                     "val_fraction": selection.val_fraction,
+                     "val_strategy": "auto" if request.val_fraction is None else "given",
                      "split_block": request.split_block,
                      "dropped_nodata": {str(k): v for k, v in selection.dropped_nodata.items()},
                      "per_class": selection.rows},

@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from models import S2FinConfig
+from models.config import STEM_NORMS
 from s2fin_cli.errors import ConfigError
+from s2fin_cli.preprocessing import DerivedInputs
 
 # The modules an ablation can switch off: the names of S2FinConfig's ``use_*`` switches.
 ABLATIONS = tuple(f.name.removeprefix("use_") for f in fields(S2FinConfig)
@@ -38,6 +40,21 @@ class TrainSettings:
     label_smoothing: float = 0.1
     grad_clip: float = 1.0
     augment: bool = True
+    # A floor on optimiser steps that does not shrink with the number of labels: a run lasts
+    # max(epochs, ceil(min_steps / batches per epoch)) epochs (0: epochs only).
+    min_steps: int = 0
+    # Radiometric augmentation of the optical inputs (beside flips/rotations): a per-sample gain
+    # ~U(1 - gain_jitter, 1 + gain_jitter) and Gaussian noise of this std (z-score units).
+    gain_jitter: float = 0.0
+    spectral_noise: float = 0.0
+    # Exponential moving average of the weights (decay per step; 0: off): the averaged weights
+    # are validated, selected and written.
+    ema: float = 0.0
+
+    def epochs_for(self, steps_per_epoch: int) -> int:
+        """Epochs a run lasts when an epoch is ``steps_per_epoch`` optimiser steps."""
+        floor = -(-self.min_steps // max(steps_per_epoch, 1))
+        return max(self.epochs, floor)
 
     def validate(self) -> None:
         checks = [
@@ -49,6 +66,11 @@ class TrainSettings:
             (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
             (self.patience >= 1, f"--patience must be >= 1, got {self.patience}"),
             (0.0 <= self.label_smoothing < 1.0, "label smoothing must be in [0, 1)"),
+            (self.min_steps >= 0, f"--min-steps must be >= 0, got {self.min_steps}"),
+            (0.0 <= self.gain_jitter < 1.0, "the gain jitter must be in [0, 1)"),
+            (math.isfinite(self.spectral_noise) and self.spectral_noise >= 0,
+             "the spectral noise must be >= 0"),
+            (0.0 <= self.ema < 1.0, f"--ema must be in [0, 1), got {self.ema}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -73,12 +95,25 @@ class NetworkOptions:
     depth: int = 1
     dropout: float = 0.1
     ablate: tuple[str, ...] = ()
+    optical_stem_norm: str = "group"
+    active_stem_norm: str = "group"
+    # Height above ground derived from the LiDAR DSM over this window (odd, pixels; 0 = off).
+    height_window: int = 0
 
     def validate(self) -> None:
         """The option errors of :meth:`build_config`, before any data is read."""
         if self.pca < 1:
             raise ConfigError(f"--pca must be >= 1, got {self.pca}")
+        self.derived_inputs("lidar")
         self.build_config(8, 1, 1, 2)
+
+    def derived_inputs(self, aux_kind: str) -> DerivedInputs:
+        """The inputs derived from the auxiliary raster of ``aux_kind`` (LiDAR: the height above
+        ground; SAR: none)."""
+        try:
+            return DerivedInputs(self.height_window if aux_kind == "lidar" else 0)
+        except ValueError as exc:
+            raise ConfigError(f"--height-window: {exc}") from None
 
     def build_config(self, bands: int, reduced: int, aux: int, classes: int) -> S2FinConfig:
         """The network for ``bands`` optical bands (``reduced`` after PCA), ``aux`` LiDAR/SAR
@@ -99,6 +134,8 @@ class NetworkOptions:
                 patch_size=p, spectral_window=s, dim=self.dim, heads=self.heads,
                 hfset_depth=self.depth, spatial_depth=self.depth,
                 long_range_depth=self.depth, dropout=self.dropout,
+                optical_stem_norm=self.optical_stem_norm,
+                active_stem_norm=self.active_stem_norm,
                 ssm_heads=math.gcd(S2FinConfig.ssm_heads, S2FinConfig.ssm_expand * self.dim),
                 **{f"use_{name}": False for name in self.ablate},
             )
@@ -109,7 +146,9 @@ class NetworkOptions:
         """What a resumed run must share with the checkpoint (PCA is fingerprinted apart)."""
         return {"patch_size": self.patch_size, "dim": self.dim, "heads": self.heads,
                 "depth": self.depth, "spectral_window": self.spectral_window,
-                "dropout": self.dropout, "ablate": list(self.ablate)}
+                "dropout": self.dropout, "ablate": list(self.ablate),
+                "optical_stem_norm": self.optical_stem_norm,
+                "active_stem_norm": self.active_stem_norm, "height_window": self.height_window}
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "ablate": list(self.ablate)}
@@ -127,4 +166,19 @@ def parse_ablate(text: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-__all__ = ["ABLATIONS", "NetworkOptions", "TrainSettings", "parse_ablate"]
+def parse_stem_norm(text: str | None) -> tuple[str, str]:
+    """``--stem-norm``: one normalisation for both stems, or ``OPTICAL,ACTIVE``; None: the
+    defaults of :class:`NetworkOptions`."""
+    if not text:
+        return NetworkOptions.optical_stem_norm, NetworkOptions.active_stem_norm
+    names = [t.strip().lower() for t in text.split(",")]
+    if len(names) == 1:
+        names = names * 2
+    bad = [n for n in names if n not in STEM_NORMS]
+    if len(names) != 2 or bad:
+        raise ConfigError(f"--stem-norm {text!r}: give one of {', '.join(STEM_NORMS)}, or two "
+                          "separated by a comma (optical, active)")
+    return names[0], names[1]
+
+
+__all__ = ["ABLATIONS", "NetworkOptions", "TrainSettings", "parse_ablate", "parse_stem_norm"]
