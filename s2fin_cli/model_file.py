@@ -73,6 +73,7 @@ class Provenance(TypedDict, total=False):
     versions: dict[str, str]
     wall_seconds: float
     distributed: dict[str, Any]  # world size, backend, batch per rank (DDP runs only)
+    self_training: dict[str, Any]  # pseudo-labels and the first fit (--semi runs only)
 
 
 class ClassScore(TypedDict):
@@ -199,7 +200,7 @@ class ModelBundle:
                 "pca_explained_variance": [round(float(v), 6)
                                            for v in self.preprocessor.pca_explained],
                 **({"derived": self.preprocessor.derived.to_json()}
-                   if self.preprocessor.derived.channels else {}),
+                   if self.preprocessor.derived.active else {}),
             },
             "provenance": self.provenance,
             "metrics": self.metrics,
@@ -224,7 +225,7 @@ def save_model_file(path: str | os.PathLike[str], bundle: ModelBundle, *,
     document = json.dumps(bundle.metadata_json(), sort_keys=True, allow_nan=False)
     # Files with derived inputs are version 2 (an older s2fin refuses them: "upgrade s2fin");
     # every other file keeps version 1, which any s2fin reads.
-    version = FORMAT_VERSION if bundle.preprocessor.derived.channels else 1
+    version = FORMAT_VERSION if bundle.preprocessor.derived.active else 1
     metadata = {"format": FORMAT_NAME, "format_version": str(version), "s2fin": document,
                 "checksum": _checksum(document, tensors)}
     final = Path(path)
@@ -352,8 +353,8 @@ def describe_model_file(path: Path) -> dict[str, Any]:
     summary: dict[str, object] = {
         "inputs": f"{bundle.optical.bands} optical bands (PCA to {cfg.reduced_bands}) + "
                   f"{bundle.aux.bands} {bundle.aux.kind} band(s)"
-                  + "".join(f" + {name} (over {bundle.preprocessor.derived.height_window} px)"
-                            for name in bundle.preprocessor.derived.names),
+                  + (f" + derived: {bundle.preprocessor.derived.describe()}"
+                     if bundle.preprocessor.derived.active else ""),
         "patch": f"{cfg.patch_size} x {cfg.patch_size}, spectral window "
                  f"{cfg.spectral_window} x {cfg.spectral_window}",
         "classes": ", ".join(f"{c.id}={c.name}" for c in bundle.classes),

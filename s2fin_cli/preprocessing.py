@@ -35,52 +35,78 @@ _MIN_STD = 1e-6
 
 @dataclass(frozen=True)
 class DerivedInputs:
-    """Channels derived from the raw LiDAR on the fly (stored in the model file).
+    """Channels derived from the raw LiDAR/SAR on the fly (stored in the model file).
 
     ``height_window`` (odd, pixels; 0 = none): append the height above ground of the first
     LiDAR band (the DSM), ``dsm - box(min(dsm))`` with a ``height_window``-square minimum filter
     (the ground under objects narrower than the window) smoothed by a box of the same size. A
     patch sees a few metres around its pixel; the ground under a wide roof lies further out.
+
+    ``sar_window`` (odd, pixels; 0 = none): append the local mean of every SAR band over a
+    ``sar_window``-square box (a multi-look estimate: speckle averaged out).
     """
 
     height_window: int = 0
+    sar_window: int = 0
 
     def __post_init__(self) -> None:
-        w = self.height_window
-        if w < 0 or (w and (w % 2 == 0 or w < 3)):
-            raise ValueError(f"the height window must be 0 or an odd number >= 3, got {w}")
+        for name in ("height_window", "sar_window"):
+            w = getattr(self, name)
+            if not isinstance(w, int) or isinstance(w, bool) or w < 0 \
+                    or (w and (w % 2 == 0 or w < 3)):
+                raise ValueError(f"the {name.replace('_', ' ')} must be 0 or an odd number "
+                                 f">= 3, got {w!r}")
 
     @property
-    def channels(self) -> int:
-        """Channels appended to the active input."""
-        return 1 if self.height_window else 0
+    def active(self) -> bool:
+        return bool(self.height_window or self.sar_window)
+
+    def channels_for(self, raw_bands: int) -> int:
+        """Channels appended to ``raw_bands`` auxiliary bands."""
+        return (1 if self.height_window else 0) + (raw_bands if self.sar_window else 0)
+
+    def raw_bands(self, total: int) -> int:
+        """The raw auxiliary bands behind ``total`` channels of the active input."""
+        rest = total - (1 if self.height_window else 0)
+        return rest // 2 if self.sar_window else rest
 
     @property
     def context(self) -> int:
-        """Pixels needed beyond a block's halo (the two filters' half widths)."""
-        return self.height_window - 1 if self.height_window else 0
+        """Pixels needed beyond a block's halo (the filters' half widths)."""
+        return max(self.height_window - 1 if self.height_window else 0, self.sar_window // 2)
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return ("height above ground",) if self.height_window else ()
+    def names(self, band_names: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """Names of the appended channels (``band_names``: the raw auxiliary bands)."""
+        out: tuple[str, ...] = ("height above ground",) if self.height_window else ()
+        if self.sar_window:
+            w = self.sar_window
+            out += tuple(f"{b} mean {w}x{w}" for b in band_names)
+        return out
+
+    def describe(self) -> str:
+        parts = []
+        if self.height_window:
+            parts.append(f"height above ground (window {self.height_window} px)")
+        if self.sar_window:
+            parts.append(f"local means of the SAR bands ({self.sar_window} x "
+                         f"{self.sar_window} px)")
+        return ", ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
-        return {"height_window": self.height_window}
+        return {k: v for k, v in (("height_window", self.height_window),
+                                  ("sar_window", self.sar_window)) if v}
 
     @classmethod
     def from_json(cls, data: Any) -> DerivedInputs:
         if data is None:
             return cls()
-        if not isinstance(data, dict) or set(data) - {"height_window"}:
+        if not isinstance(data, dict) or set(data) - {"height_window", "sar_window"}:
             raise ValueError(f"bad derived inputs {data!r}")
-        window = data.get("height_window", 0)
-        if not isinstance(window, int) or isinstance(window, bool):
-            raise ValueError(f"bad height window {window!r}")
-        return cls(window)
+        return cls(data.get("height_window", 0), data.get("sar_window", 0))
 
 
 def _box(x: Tensor, size: int) -> Tensor:
-    """Mean over ``size``-square windows of a (1, 1, H, W) map, NaN ignored ('valid' output)."""
+    """Mean over ``size``-square windows of (N, 1, H, W) maps, NaN ignored ('valid' output)."""
     finite = torch.isfinite(x)
     total = F.avg_pool2d(torch.where(finite, x, 0.0), size, stride=1)
     count = F.avg_pool2d(finite.to(x.dtype), size, stride=1)
@@ -94,9 +120,16 @@ def height_above_ground(dsm: Tensor, window: int) -> Tensor:
     x = dsm[None, None]
     low = -F.max_pool2d(torch.where(torch.isfinite(x), -x, -torch.inf), (1, window), stride=1)
     low = -F.max_pool2d(-low, (window, 1), stride=1)  # separable: exact for a minimum
-    ground = _box(torch.where(torch.isinf(low), torch.nan, low), window)
+    # The box mean in float64: elevations of hundreds of metres summed over a large window
+    # would lose centimetres in float32.
+    ground = _box(torch.where(torch.isinf(low), torch.nan, low).double(), window)
     c = window - 1
-    return (x[..., c:x.shape[-2] - c, c:x.shape[-1] - c] - ground)[0, 0]
+    core = x[..., c:x.shape[-2] - c, c:x.shape[-1] - c].double()
+    return (core - ground)[0, 0].to(dsm.dtype)
+
+
+def _crop(x: Tensor, c: int) -> Tensor:
+    return x[..., c:x.shape[-2] - c, c:x.shape[-1] - c] if c else x
 
 
 def derive(aux: Tensor, derived: DerivedInputs) -> Tensor:
@@ -105,9 +138,14 @@ def derive(aux: Tensor, derived: DerivedInputs) -> Tensor:
     c = derived.context
     if not c:
         return aux
-    core = aux[:, c:aux.shape[-2] - c, c:aux.shape[-1] - c]
-    extra = [height_above_ground(aux[0], derived.height_window)] if derived.height_window else []
-    return torch.cat([core, *(e[None] for e in extra)])
+    extra = []
+    if derived.height_window:
+        extra.append(height_above_ground(_crop(aux[0], c - (derived.height_window - 1)),
+                                         derived.height_window)[None])
+    if derived.sar_window:
+        half = derived.sar_window // 2
+        extra.append(_box(_crop(aux, c - half)[:, None], derived.sar_window)[:, 0])
+    return torch.cat([_crop(aux, c), *extra])
 
 
 @dataclass(frozen=True)
@@ -136,7 +174,7 @@ class Preprocessor:
     @property
     def raw_aux_bands(self) -> int:
         """Auxiliary bands read from the scene."""
-        return self.aux_bands - self.derived.channels
+        return self.derived.raw_bands(self.aux_bands)
 
     @property
     def context(self) -> int:
@@ -168,7 +206,8 @@ class Preprocessor:
             and pre.pca_mean.shape == (b,) and pre.pca_components.shape == (r, b)
             and pre.pca_explained.shape == (r,)
         )
-        if not shapes_ok or pre.raw_aux_bands < 1:
+        raw = pre.raw_aux_bands
+        if not shapes_ok or raw < 1 or raw + pre.derived.channels_for(raw) != a:
             raise ValueError("preprocessing tensors have inconsistent shapes")
         if not all(np.isfinite(v).all() for v in arrays.values()):
             raise ValueError("preprocessing tensors hold NaN or Inf")
@@ -264,7 +303,7 @@ def fit_preprocessor(
     derived = derived or DerivedInputs()
     grid = scene.grid
     opt_moments = _RunningMoments(scene.optical.count)
-    aux_moments = _RunningMoments(scene.aux.count + derived.channels)
+    aux_moments = _RunningMoments(scene.aux.count + derived.channels_for(scene.aux.count))
     rng = np.random.default_rng(seed)
     n_blocks = block_count(grid.height, grid.width, block_size)
     per_block = max(1, -(-pca_samples // n_blocks))

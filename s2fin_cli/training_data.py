@@ -210,6 +210,41 @@ def radiometric_draws(n: int, spectral_shape: tuple[int, ...], spatial_shape: tu
     return Radiometric(gains, spectral, spatial)
 
 
+# Context mixing keeps the centre (2 * CONTEXT_KEEP + 1) pixels square of a patch.
+CONTEXT_KEEP = 1
+
+
+def context_draws(n: int, n_donors: int, probability: float,
+                  generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Which of ``n`` samples get another sample's context (bool), and whose (donor indexes)."""
+    mixed = torch.rand(n, generator=generator) < probability
+    donor = torch.randint(0, n_donors, (n,), generator=generator)
+    return mixed, donor
+
+
+def mix_context(spatial: Tensor, active: Tensor, donors: PatchSet, mixed: Tensor,
+                donor: Tensor) -> tuple[Tensor, Tensor]:
+    """The spatial and active patches with everything outside the centre square replaced, where
+    ``mixed``, by the patches of training sample ``donor``: the label stays the centre's, so the
+    network learns to classify the centre whatever surrounds it (few labelled objects otherwise
+    teach it their surroundings)."""
+    sel = torch.nonzero(mixed).flatten()
+    if sel.numel() == 0:
+        return spatial, active
+    p = spatial.shape[-1]
+    lo, hi = p // 2 - CONTEXT_KEEP, p // 2 + CONTEXT_KEEP + 1
+    ring = torch.ones(p, p, dtype=torch.bool)
+    ring[lo:hi, lo:hi] = False
+    ring = ring.to(spatial.device)
+    outs = []
+    for x, bank in ((spatial, donors.spatial), (active, donors.active)):
+        x = x.clone()
+        other = bank[donor[sel].to(bank.device)].to(x.device)
+        x[sel] = torch.where(ring, other, x[sel])
+        outs.append(x)
+    return outs[0], outs[1]
+
+
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator, *, shuffle: bool = True
                   ) -> list[Tensor]:
     """Index batches for one epoch; a trailing batch of one sample joins the previous batch

@@ -113,6 +113,13 @@ def train(
                           "the labels (the run lasts max(--epochs, steps / batches per epoch) "
                           "epochs).")
     ] = _D.min_steps,
+    semi: Annotated[
+        bool, typer.Option("--semi/--no-semi", help="Self-training: after the fit, label the "
+                           "unlabelled pixels the network is most sure of (at most "
+                           f"{TrainSettings.SEMI_RATIO:g} x the labels of each class) and train "
+                           "a second network on labels and pseudo-labels (about twice the "
+                           "training time).")
+    ] = _D.self_training > 0,
     ema: Annotated[
         float, typer.Option("--ema", help="Decay of an exponential moving average of the "
                             "weights, which is validated and written (0 = off).")
@@ -144,6 +151,10 @@ def train(
                           "the DSM (first LiDAR band) minus its minimum over this window (odd, "
                           "pixels; 0 = off), as an input.")
     ] = _N.height_window,
+    sar_window: Annotated[
+        int, typer.Option("--sar-window", help="With SAR: add the local mean of every SAR band "
+                          "over this window (odd, pixels; 0 = off) as inputs.")
+    ] = _N.sar_window,
     stem_norm: Annotated[
         str | None,
         typer.Option("--stem-norm", help="Normalisation in the stems of the optical and "
@@ -186,7 +197,8 @@ def train(
     settings = dataclasses.replace(
         _D, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         warmup_epochs=warmup_epochs, patience=patience, seed=seed, augment=not no_augment,
-        min_steps=min_steps, ema=ema)
+        min_steps=min_steps, ema=ema,
+        self_training=(_D.self_training or TrainSettings.SEMI_RATIO) if semi else 0.0)
     optical_norm, active_norm = parse_stem_norm(stem_norm)
     request = TrainRequest(
         labels=tuple(labels), scene=scene, hsi=hsi, lidar=lidar, sar=sar, aux_bands=aux_bands,
@@ -196,7 +208,7 @@ def train(
         network=dataclasses.replace(
             _N, patch_size=patch_size, spectral_window=spectral_window, pca=pca, dim=dim,
             depth=depth, dropout=dropout, ablate=parse_ablate(ablate),
-            height_window=height_window, optical_stem_norm=optical_norm,
+            height_window=height_window, sar_window=sar_window, optical_stem_norm=optical_norm,
             active_stem_norm=active_norm),
         settings=settings,
         device=device, threads=threads, resume=resume, keep_checkpoint=keep_checkpoint,

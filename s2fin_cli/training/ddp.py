@@ -81,7 +81,8 @@ def distributed_epoch(
             share, weight = torch.arange(1), 0.0
         spectral, spatial, active, target = train.batch(batch[share])
         spectral, spatial, active = augment_batch(spectral, spatial, active, settings, generator,
-                                                  choice=choice, share=share, global_size=g)
+                                                  choice=choice, share=share, global_size=g,
+                                                  donors=train)
         spectral, spatial, active, target = (t.to(device, non_blocking=True) for t in
                                              (spectral, spatial, active, target))
         with autocast(device):

@@ -63,8 +63,20 @@ from s2fin_cli.sampling import (
     resolve_val_fraction,
 )
 from s2fin_cli.scoring import index_report, score_at_samples
-from s2fin_cli.training.checkpoint import Checkpoint, checkpoint_path_for, resume_checkpoint
+from s2fin_cli.training.checkpoint import (
+    Checkpoint,
+    checkpoint_path_for,
+    resume_checkpoint,
+    save_checkpoint,
+)
 from s2fin_cli.training.loop import FitResult, fit
+from s2fin_cli.training.pseudo import (
+    PseudoLabels,
+    merged,
+    pseudo_label,
+    second_fit_seed,
+    second_fit_settings,
+)
 from s2fin_cli.training.report import (
     describe_counts,
     json_safe,
@@ -203,14 +215,14 @@ def _train(request: TrainRequest, device: torch.device, protocol: Protocol, ctx:
         config = request.network.build_config(pre.bands, pre.reduced_bands, pre.aux_bands,
                                               len(classes))
         torch.manual_seed(settings.seed)
-        model = S2Fin(config).to(device)
+        model: nn.Module = S2Fin(config).to(device)
         train_set, val_set = _patch_sets(scene, selection.split, pre, config, classes, device)
         _announce(model, selection.split, settings, device, ctx)
         if checkpoint is None:
             checkpoint = Checkpoint(json.dumps(fingerprint, sort_keys=True), pre.tensors())
-        result = fit(model, train_set, val_set, settings, device, checkpoint_path=ckpt_path,
-                     checkpoint=checkpoint, stop_after=request.stop_after,
-                     json_lines=request.json_lines and ctx.is_main, ctx=ctx)
+        model, result, self_training = _fit_stages(
+            _Stages(request, scene, selection, pre, config, classes, device, ctx, ckpt_path),
+            model, train_set, val_set, checkpoint)
         model.load_state_dict(result.best_state)
         validation = test = None
         if ctx.is_main:
@@ -224,7 +236,8 @@ def _train(request: TrainRequest, device: torch.device, protocol: Protocol, ctx:
             aux=ModalitySpec(scene.aux_kind, scene.aux.count, scene.aux.band_names,
                              json_safe(scene.aux.nodata), aux_values),
             provenance=json_safe(_provenance(request, protocol, inputs, selection, result,
-                                             val_set is not None, device, ctx, t_start)),
+                                             val_set is not None, device, ctx, t_start,
+                                             self_training)),
             metrics=json_safe(_metrics(validation, test)),
         )
     if not ctx.is_main:  # rank 0 writes; the others are done
@@ -233,6 +246,73 @@ def _train(request: TrainRequest, device: torch.device, protocol: Protocol, ctx:
     report_path = _write_outputs(request, bundle, validation, test, selection, result)
     return TrainSummary(output, report_path, bundle, validation, test, selection.rows,
                         time.perf_counter() - t_start, result.history)
+
+
+@dataclass
+class _Stages:
+    """What the fits of a run share (one fit, or two with self-training)."""
+
+    request: TrainRequest
+    scene: Scene
+    selection: _Selection
+    pre: Preprocessor
+    config: S2FinConfig
+    classes: ClassTable
+    device: torch.device
+    ctx: RunContext
+    ckpt_path: Path
+
+    def fit(self, model: nn.Module, train: PatchSet, val: PatchSet | None,
+            settings: TrainSettings, checkpoint: Checkpoint) -> FitResult:
+        r = self.request
+        return fit(model, train, val, settings, self.device, checkpoint_path=self.ckpt_path,
+                   checkpoint=checkpoint, stop_after=r.stop_after,
+                   json_lines=r.json_lines and self.ctx.is_main, ctx=self.ctx)
+
+
+def _fit_stages(st: _Stages, model: nn.Module, train_set: PatchSet, val_set: PatchSet | None,
+                checkpoint: Checkpoint) -> tuple[nn.Module, FitResult, dict[str, Any] | None]:
+    """The fit, then with ``--semi`` the pseudo-labels and the second fit (training/pseudo.py);
+    a checkpoint of either stage resumes there. Returns the model, the last fit's result and
+    what self-training did (None without it)."""
+    settings, ctx = st.request.settings, st.ctx
+    if checkpoint.stage == 1:
+        result = st.fit(model, train_set, val_set, settings, checkpoint)
+        if settings.self_training <= 0:
+            return model, result, None
+        model.load_state_dict(result.best_state)
+        per_epoch = -(-len(train_set) // (settings.batch_size * ctx.world_size))
+        chosen = PseudoLabels.from_tensors(ctx.from_main(lambda: pseudo_label(
+            model, st.scene, st.selection.labelled, st.selection.split, st.pre,
+            PatchGeometry(st.config.patch_size, st.config.spectral_window), st.classes,
+            settings, st.device).tensors()))
+        checkpoint = Checkpoint(checkpoint.fingerprint, checkpoint.preprocessing, None, 2,
+                                chosen.tensors(), {
+                                    "steps": result.epochs_run * per_epoch,
+                                    "epochs_run": result.epochs_run,
+                                    "best_epoch": result.best_epoch,
+                                    "history": result.history})
+        if ctx.is_main:
+            save_checkpoint(st.ckpt_path, checkpoint)
+    chosen = PseudoLabels.from_tensors(checkpoint.pseudo)
+    counts = chosen.samples.counts(st.classes)
+    console.note(f"self-training: {len(chosen.samples)} pseudo-labels from {chosen.pool} "
+                 "unlabelled pixels (" + describe_counts(st.classes, counts) + "); training "
+                 "a second network on labels and pseudo-labels")
+    storage = st.device if st.device.type == "cuda" else torch.device("cpu")
+    train2 = extract_patch_set(st.scene, merged(st.selection.split.train, chosen.samples),
+                               st.pre, PatchGeometry(st.config.patch_size,
+                                                     st.config.spectral_window),
+                               st.classes.ids, st.device, storage=storage)
+    torch.manual_seed(second_fit_seed(settings.seed))
+    model = S2Fin(st.config).to(st.device)
+    steps = int(checkpoint.stage_one["steps"])
+    result = st.fit(model, train2, val_set, second_fit_settings(settings, steps), checkpoint)
+    info = {"pseudo_labels": {str(k): v for k, v in counts.items()}, "pool": chosen.pool,
+            "threshold": settings.pseudo_threshold, "ratio": settings.self_training,
+            "first_fit": {k: checkpoint.stage_one[k]
+                          for k in ("steps", "epochs_run", "best_epoch", "history")}}
+    return model, result, info
 
 
 def _select_samples(request: TrainRequest, scene: Scene, protocol: Protocol,
@@ -372,7 +452,8 @@ def _score(model: nn.Module, scene: Scene, split: Split, val_set: PatchSet | Non
 
 def _provenance(request: TrainRequest, protocol: Protocol, inputs: dict[str, InputFile],
                 selection: _Selection, result: FitResult, validated: bool,
-                device: torch.device, ctx: RunContext, t_start: float) -> Provenance:
+                device: torch.device, ctx: RunContext, t_start: float,
+                self_training: dict[str, Any] | None = None) -> Provenance:
     settings = request.settings
     provenance: Provenance = {
         "created": utc_now(),
@@ -394,6 +475,8 @@ def _provenance(request: TrainRequest, protocol: Protocol, inputs: dict[str, Inp
         "versions": library_versions(),
         "wall_seconds": round(time.perf_counter() - t_start, 2),
     }
+    if self_training is not None:
+        provenance["self_training"] = self_training
     if ctx.world_size > 1:
         provenance["distributed"] = {
             **ctx.describe(), "per_rank_batch": settings.batch_size,

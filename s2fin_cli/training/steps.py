@@ -20,7 +20,14 @@ from s2fin_cli.device import autocast
 from s2fin_cli.errors import ConfigError
 from s2fin_cli.hashing import derived_seed
 from s2fin_cli.training.settings import TrainSettings
-from s2fin_cli.training_data import PatchSet, augment, epoch_batches, radiometric_draws
+from s2fin_cli.training_data import (
+    PatchSet,
+    augment,
+    context_draws,
+    epoch_batches,
+    mix_context,
+    radiometric_draws,
+)
 
 
 def radiometric_wanted(settings: TrainSettings) -> bool:
@@ -29,26 +36,30 @@ def radiometric_wanted(settings: TrainSettings) -> bool:
 
 def augment_batch(spectral: Tensor, spatial: Tensor, active: Tensor, settings: TrainSettings,
                   generator: torch.Generator, *, choice: Tensor | None = None,
-                  share: Tensor | None = None, global_size: int | None = None
-                  ) -> tuple[Tensor, Tensor, Tensor]:
-    """Flips/rotations (``settings.augment``) then radiometric changes of one batch, drawn from
-    ``generator``. Data parallel: ``choice`` holds the global batch's transforms and ``share``
-    this rank's positions in the global batch of ``global_size`` samples (every rank draws the
-    same global radiometric changes and applies its share)."""
+                  share: Tensor | None = None, global_size: int | None = None,
+                  donors: PatchSet | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Flips/rotations (``settings.augment``), radiometric changes, then context mixing (the
+    surroundings of some patches replaced by those of random ``donors`` samples) of one batch,
+    drawn from ``generator``. Data parallel: ``choice`` holds the global batch's transforms and
+    ``share`` this rank's positions in the global batch of ``global_size`` samples (every rank
+    draws the same global changes and applies its share)."""
     if settings.augment:
         if choice is not None and share is not None:
             choice = choice[share]
         spectral, spatial, active = augment(spectral, spatial, active, generator, choice=choice)
+    n = int(spectral.shape[0]) if global_size is None else global_size
     if radiometric_wanted(settings):
-        n = int(spectral.shape[0]) if global_size is None else global_size
         draws = radiometric_draws(n, tuple(spectral.shape[1:]), tuple(spatial.shape[1:]),
                                   generator, settings.gain_jitter, settings.spectral_noise)
         if share is not None:
             draws = draws.subset(share)
         spectral, spatial = draws.apply(spectral, spatial)
+    if settings.context_mix > 0 and donors is not None and len(donors):
+        mixed, donor = context_draws(n, len(donors), settings.context_mix, generator)
+        if share is not None:
+            mixed, donor = mixed[share], donor[share]
+        spatial, active = mix_context(spatial, active, donors, mixed, donor)
     return spectral, spatial, active
-
-
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch: a fixed function of (seed, epoch), so a resumed run replays it."""
     return derived_seed("s2fin-epoch", seed, epoch)
@@ -118,7 +129,8 @@ def train_epoch(
         lr = schedule.lr(i, settings.lr)
         set_learning_rate(optimizer, lr)
         spectral, spatial, active, target = train.batch(index)
-        spectral, spatial, active = augment_batch(spectral, spatial, active, settings, generator)
+        spectral, spatial, active = augment_batch(spectral, spatial, active, settings, generator,
+                                                  donors=train)
         spectral, spatial, active, target = (t.to(device, non_blocking=True) for t in
                                              (spectral, spatial, active, target))
         with autocast(device):

@@ -9,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bench.accuracy.run import main
@@ -83,3 +84,21 @@ def test_accuracy_bench_runs_an_imported_dataset(tmp_path: Path) -> None:
     assert doc["scene"] == "yellow-river" and len(doc["classes"]) == 5
     assert {r["method"] for r in doc["runs"]} == {"rf", "svm-ctx"}
     assert "## yellow-river (imported)" in out.read_text()
+
+
+def test_analyst_features_hold_neighbourhood_and_height() -> None:
+    from bench.accuracy.methods import CONTEXT_PCA, context_features, pixel_features
+    from s2fin_cli.training_data import PatchSet
+
+    g = torch.Generator().manual_seed(0)
+    patches = PatchSet(torch.randn(4, 20, 5, 5, generator=g), torch.randn(4, 30, 9, 9, generator=g),
+                       torch.randn(4, 2, 9, 9, generator=g), torch.zeros(4, dtype=torch.long))
+    height = np.arange(8, dtype=np.float64).reshape(4, 2)
+    x = context_features(patches, height)
+    # pixel (20 + 2) + 3 stats x (10 PCA + 2 active) + 2 height features
+    assert x.shape == (4, 22 + 3 * (CONTEXT_PCA + 2) + 2)
+    np.testing.assert_array_equal(x[:, :22], pixel_features(patches))
+    np.testing.assert_array_equal(x[:, -2:], height)
+    mean3 = patches.spatial[:, :CONTEXT_PCA, 3:6, 3:6].mean((-1, -2)).double().numpy()
+    np.testing.assert_allclose(x[:, 22:22 + CONTEXT_PCA], mean3, atol=1e-6)
+    assert context_features(patches, None).shape[1] == x.shape[1] - 2
