@@ -13,6 +13,10 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+# The normalisations a stem may use (models/layers.py builds them; kept here so that the config,
+# which the model file stores, validates without importing torch).
+STEM_NORMS = ("group", "batch", "none")
+
 
 @dataclass(frozen=True)
 class S2FinConfig:
@@ -40,6 +44,10 @@ class S2FinConfig:
         ssm_conv_kernel: causal depthwise conv length in front of each scan direction.
         scan_chunk: chunk length of the chunked scan (speed/memory trade-off, same result).
         dropout: dropout rate after attention/MLP/scan outputs and before the classifier.
+        optical_stem_norm, active_stem_norm: normalisation after each conv of the optical (PCA)
+            and active stems: ``group`` (GroupNorm(1, C) per patch, the original design),
+            ``batch`` (BatchNorm2d) or ``none``. Per-patch normalisation removes a patch's
+            absolute level (height, backscatter); see docs/network.md.
 
     Frequency modules:
         filter_temperature: softness T of HFSET's band-axis high-pass sigmoid((f - tau) / T).
@@ -72,6 +80,8 @@ class S2FinConfig:
     ssm_conv_kernel: int = 4
     scan_chunk: int = 16
     dropout: float = 0.1
+    optical_stem_norm: str = "group"
+    active_stem_norm: str = "group"
     filter_temperature: float = 0.05
     tau_init: float = 0.3
     beta_init: float = 1.0
@@ -92,6 +102,10 @@ class S2FinConfig:
         self._check_sizes()
         self._check_divisibility()
         self._check_rates()
+        for name in ("optical_stem_norm", "active_stem_norm"):
+            if getattr(self, name) not in STEM_NORMS:
+                raise ValueError(f"S2FinConfig.{name} must be one of {', '.join(STEM_NORMS)}, "
+                                 f"got {getattr(self, name)!r}")
 
     def _check_sizes(self) -> None:
         positive_ints = (
@@ -147,7 +161,7 @@ class S2FinConfig:
                 raise ValueError(f"S2FinConfig.{name} must be in (0, 1), got {value}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable dict (ints, floats, bools only)."""
+        """Plain JSON-serialisable dict (ints, floats, bools and strings only)."""
         return dataclasses.asdict(self)
 
     @classmethod
@@ -180,13 +194,15 @@ def _check_type(name: str, value: object, annotation: object) -> None:
     kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
     if kind == "bool":
         ok = isinstance(value, bool)
+    elif kind == "str":
+        ok = isinstance(value, str)
     elif kind == "int":
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif kind == "float":
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         if ok and not math.isfinite(float(value)):  # type: ignore[arg-type]
             raise ValueError(f"S2FinConfig.{name} must be finite, got {value}")
-    else:  # pragma: no cover - every field is one of the three kinds
+    else:  # pragma: no cover - every field is one of the four kinds
         ok = True
     if not ok:
         raise ValueError(

@@ -2,12 +2,16 @@
 
 Normalisation is LayerNorm (tokens) or GroupNorm(1, C) (maps, = LayerNorm over C, H, W): both are
 per-sample, so eval outputs never depend on batch neighbours and small training batches are fine.
+The stems may instead use BatchNorm or no normalisation (:data:`STEM_NORMS`): GroupNorm over a
+whole patch removes its absolute level (a flat 3 m roof and a flat 20 m roof look alike).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from .config import STEM_NORMS
 
 
 def center_crop(x: Tensor, size: int) -> Tensor:
@@ -34,17 +38,32 @@ class FeedForward(nn.Module):
         return x + self.drop(self.fc2(torch.nn.functional.gelu(self.fc1(self.norm(x)))))
 
 
-class ConvStem(nn.Module):
-    """Two 3x3 convs (same padding) lifting a spatial patch to ``dim`` channels."""
 
-    def __init__(self, in_channels: int, dim: int) -> None:
+
+def stem_norm(kind: str, dim: int) -> nn.Module:
+    """``group``: GroupNorm(1, C) per patch; ``batch``: BatchNorm2d; ``none``: identity (no
+    parameters, so the stem's convolutions keep their state-dict keys)."""
+    if kind == "group":
+        return nn.GroupNorm(1, dim)
+    if kind == "batch":
+        return nn.BatchNorm2d(dim)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown stem normalisation {kind!r}; choose from {', '.join(STEM_NORMS)}")
+
+
+class ConvStem(nn.Module):
+    """Two 3x3 convs (same padding) lifting a spatial patch to ``dim`` channels, each followed by
+    ``norm`` (:func:`stem_norm`) and GELU."""
+
+    def __init__(self, in_channels: int, dim: int, norm: str = "group") -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, dim, 3, padding=1),
-            nn.GroupNorm(1, dim),
+            stem_norm(norm, dim),
             nn.GELU(),
             nn.Conv2d(dim, dim, 3, padding=1),
-            nn.GroupNorm(1, dim),
+            stem_norm(norm, dim),
             nn.GELU(),
         )
 

@@ -66,8 +66,8 @@ class S2Fin(nn.Module):
             )  # fmt: skip
         else:
             self.hfset = SpectralEmbedding(cfg.bands, s, d)
-        self.optical_stem = ConvStem(cfg.reduced_bands, d)
-        self.active_stem = ConvStem(cfg.active_bands, d)
+        self.optical_stem = ConvStem(cfg.reduced_bands, d, cfg.optical_stem_norm)
+        self.active_stem = ConvStem(cfg.active_bands, d, cfg.active_stem_norm)
         # One learned position map shared by both spatial branches: it tells attention and the
         # scan where the centre pixel is (convs with zero padding only know the borders).
         self.spatial_pos = nn.Parameter(torch.zeros(1, d, p, p))

@@ -3,9 +3,10 @@
 The scene is streamed block by block (``block_size`` squared), so memory follows the block and the
 batch, never the scene:
 
-1. a **reader thread** reads each block plus a halo of ``patch_size // 2`` pixels from both
-   modalities on the HSI grid (:meth:`Scene.read`: reflect padding at scene borders, NaN where
-   invalid) and computes which centres are valid, a bounded queue ahead of the computation;
+1. a **reader thread** reads each block plus a halo of ``patch_size // 2`` pixels (plus the
+   context of derived inputs, :mod:`s2fin_cli.preprocessing`) from both modalities on the HSI
+   grid (:meth:`Scene.read`: reflect padding at scene borders, NaN where invalid) and computes
+   which centres are valid, a bounded queue ahead of the computation;
 2. the **main thread** moves the block to the device, applies the model's stored normalisation and
    PCA (nothing is fitted per scene), cuts the patches of ``batch_size`` centres at a time on the
    device (:func:`s2fin_cli.patches.cut_inputs`: one gather per batch, no Python loop per
@@ -138,6 +139,9 @@ class BlockPredictor:
         self.cpu_bf16 = cpu_bf16  # bfloat16 autocast on the CPU (acceleration.resolve_cpu_bf16)
         self.geometry = bundle.geometry
         self.halo = self.geometry.halo
+        # Read around a block: the patch halo plus the context of derived inputs (the
+        # preprocessing crops the context off, leaving the halo).
+        self.read_halo = self.halo + bundle.preprocessor.context
         self.model = model if model is not None else bundle.build_model(self.device)
         self.preprocess = bundle.preprocessor.device_tensors(self.device)
         self.lut = np.asarray(bundle.classes.ids, dtype=np.int64)
@@ -384,7 +388,7 @@ def predict_scene(
     ``predictor``'s; the model/scene compatibility is the caller's to check first
     (``bundle.check_scene``).
     """
-    halo = predictor.halo
+    halo = predictor.read_halo
 
     def read(window: Window) -> _Staged:
         block = scene.read(window, halo)

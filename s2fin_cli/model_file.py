@@ -1,6 +1,6 @@
 """The model file: one safetensors file whose JSON metadata makes it self-describing.
 
-Layout (format version 1):
+Layout (format version 1; version 2 adds derived inputs, ``preprocessing.derived``):
 
 - tensors ``model.*``: the network's state dict; ``preprocessing.*``: normalisation and PCA.
 - metadata ``format`` = ``s2fin-model``, ``format_version``, ``s2fin`` (a JSON document: network
@@ -36,11 +36,13 @@ from s2fin_cli.hashing import file_sha256, tensors_digest
 from s2fin_cli.io.reader import Scene
 from s2fin_cli.io.writer import atomic_output
 from s2fin_cli.patches import PatchGeometry
-from s2fin_cli.preprocessing import Preprocessor
+from s2fin_cli.preprocessing import DerivedInputs, Preprocessor
 from s2fin_cli.values import ValueSummary, check_values, summarize_scene
 
 FORMAT_NAME = "s2fin-model"
-FORMAT_VERSION = 1
+# The newest format written and read. 2: the preprocessing may derive inputs from the LiDAR
+# (metadata ``preprocessing.derived``); a file without derived inputs is still written as 1.
+FORMAT_VERSION = 2
 DEFAULT_MODEL_PATH = Path("model.s2fin")
 _MODEL_PREFIX = "model."
 _PRE_PREFIX = "preprocessing."
@@ -71,6 +73,7 @@ class Provenance(TypedDict, total=False):
     versions: dict[str, str]
     wall_seconds: float
     distributed: dict[str, Any]  # world size, backend, batch per rank (DDP runs only)
+    self_training: dict[str, Any]  # pseudo-labels and the first fit (--semi runs only)
 
 
 class ClassScore(TypedDict):
@@ -196,6 +199,8 @@ class ModelBundle:
                 "reduced_bands": self.preprocessor.reduced_bands,
                 "pca_explained_variance": [round(float(v), 6)
                                            for v in self.preprocessor.pca_explained],
+                **({"derived": self.preprocessor.derived.to_json()}
+                   if self.preprocessor.derived.active else {}),
             },
             "provenance": self.provenance,
             "metrics": self.metrics,
@@ -218,7 +223,10 @@ def save_model_file(path: str | os.PathLike[str], bundle: ModelBundle, *,
     """Write ``bundle`` atomically to ``path``."""
     tensors = _tensors(bundle)
     document = json.dumps(bundle.metadata_json(), sort_keys=True, allow_nan=False)
-    metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "s2fin": document,
+    # Files with derived inputs are version 2 (an older s2fin refuses them: "upgrade s2fin");
+    # every other file keeps version 1, which any s2fin reads.
+    version = FORMAT_VERSION if bundle.preprocessor.derived.active else 1
+    metadata = {"format": FORMAT_NAME, "format_version": str(version), "s2fin": document,
                 "checksum": _checksum(document, tensors)}
     final = Path(path)
     with atomic_output(final, overwrite=overwrite) as tmp:
@@ -304,8 +312,10 @@ def load_model_file(path: str | os.PathLike[str]) -> ModelBundle:
         classes = ClassTable.from_json(meta["classes"])
         optical = ModalitySpec.from_json(meta["modalities"]["optical"])
         aux = ModalitySpec.from_json(meta["modalities"]["aux"])
+        derived = DerivedInputs.from_json(meta.get("preprocessing", {}).get("derived"))
         pre = Preprocessor.from_tensors(
-            {k[len(_PRE_PREFIX):]: v for k, v in tensors.items() if k.startswith(_PRE_PREFIX)})
+            {k[len(_PRE_PREFIX):]: v for k, v in tensors.items() if k.startswith(_PRE_PREFIX)},
+            derived)
         provenance = cast(Provenance, meta.get("provenance", {}))
         metrics = cast(ModelMetrics, meta.get("metrics", {}))
     except (ValueError, KeyError, TypeError) as exc:
@@ -315,7 +325,7 @@ def load_model_file(path: str | os.PathLike[str]) -> ModelBundle:
         problems.append(f"{len(classes)} classes for {config.num_classes} outputs")
     if optical.bands != config.bands or pre.bands != config.bands:
         problems.append("optical band counts disagree")
-    if aux.bands != config.active_bands or pre.aux_bands != config.active_bands:
+    if aux.bands != pre.raw_aux_bands or pre.aux_bands != config.active_bands:
         problems.append("auxiliary band counts disagree")
     if pre.reduced_bands != config.reduced_bands:
         problems.append("PCA size disagrees with the network")
@@ -342,7 +352,9 @@ def describe_model_file(path: Path) -> dict[str, Any]:
                 if f.name.startswith("use_") and not getattr(cfg, f.name)]
     summary: dict[str, object] = {
         "inputs": f"{bundle.optical.bands} optical bands (PCA to {cfg.reduced_bands}) + "
-                  f"{bundle.aux.bands} {bundle.aux.kind} band(s)",
+                  f"{bundle.aux.bands} {bundle.aux.kind} band(s)"
+                  + (f" + derived: {bundle.preprocessor.derived.describe()}"
+                     if bundle.preprocessor.derived.active else ""),
         "patch": f"{cfg.patch_size} x {cfg.patch_size}, spectral window "
                  f"{cfg.spectral_window} x {cfg.spectral_window}",
         "classes": ", ".join(f"{c.id}={c.name}" for c in bundle.classes),

@@ -7,14 +7,23 @@ statistics of the scene the model was trained on, so maps of different scenes ar
 
 Invalid values (NaN from the reader) are replaced by 0 after z-scoring, i.e. by the training mean:
 they never enter statistics, and they enter patches as the most neutral value there is.
+
+Derived inputs (:class:`DerivedInputs`): channels computed from the raw LiDAR on the fly, before
+z-scoring, and appended to the active input; today the height above ground (the DSM minus a
+large-window ground estimate). They need pixels beyond the patch: a **context** margin. Every
+reader of network inputs (training patches, scoring, prediction) reads ``halo + context`` pixels
+around its block and :class:`DevicePreprocessor` crops the context off after deriving, so the
+three compute the same values, and a block's values do not depend on where the block lies.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from s2fin_cli.io.reader import Scene, valid_mask
@@ -22,6 +31,121 @@ from s2fin_cli.io.windows import block_count, iter_blocks
 
 # A band whose spread is below this (after scaling) is treated as constant: divided by 1.
 _MIN_STD = 1e-6
+
+
+@dataclass(frozen=True)
+class DerivedInputs:
+    """Channels derived from the raw LiDAR/SAR on the fly (stored in the model file).
+
+    ``height_window`` (odd, pixels; 0 = none): append the height above ground of the first
+    LiDAR band (the DSM), ``dsm - box(min(dsm))`` with a ``height_window``-square minimum filter
+    (the ground under objects narrower than the window) smoothed by a box of the same size. A
+    patch sees a few metres around its pixel; the ground under a wide roof lies further out.
+
+    ``sar_window`` (odd, pixels; 0 = none): append the local mean of every SAR band over a
+    ``sar_window``-square box (a multi-look estimate: speckle averaged out).
+    """
+
+    height_window: int = 0
+    sar_window: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("height_window", "sar_window"):
+            w = getattr(self, name)
+            if not isinstance(w, int) or isinstance(w, bool) or w < 0 \
+                    or (w and (w % 2 == 0 or w < 3)):
+                raise ValueError(f"the {name.replace('_', ' ')} must be 0 or an odd number "
+                                 f">= 3, got {w!r}")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.height_window or self.sar_window)
+
+    def channels_for(self, raw_bands: int) -> int:
+        """Channels appended to ``raw_bands`` auxiliary bands."""
+        return (1 if self.height_window else 0) + (raw_bands if self.sar_window else 0)
+
+    def raw_bands(self, total: int) -> int:
+        """The raw auxiliary bands behind ``total`` channels of the active input."""
+        rest = total - (1 if self.height_window else 0)
+        return rest // 2 if self.sar_window else rest
+
+    @property
+    def context(self) -> int:
+        """Pixels needed beyond a block's halo (the filters' half widths)."""
+        return max(self.height_window - 1 if self.height_window else 0, self.sar_window // 2)
+
+    def names(self, band_names: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """Names of the appended channels (``band_names``: the raw auxiliary bands)."""
+        out: tuple[str, ...] = ("height above ground",) if self.height_window else ()
+        if self.sar_window:
+            w = self.sar_window
+            out += tuple(f"{b} mean {w}x{w}" for b in band_names)
+        return out
+
+    def describe(self) -> str:
+        parts = []
+        if self.height_window:
+            parts.append(f"height above ground (window {self.height_window} px)")
+        if self.sar_window:
+            parts.append(f"local means of the SAR bands ({self.sar_window} x "
+                         f"{self.sar_window} px)")
+        return ", ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in (("height_window", self.height_window),
+                                  ("sar_window", self.sar_window)) if v}
+
+    @classmethod
+    def from_json(cls, data: Any) -> DerivedInputs:
+        if data is None:
+            return cls()
+        if not isinstance(data, dict) or set(data) - {"height_window", "sar_window"}:
+            raise ValueError(f"bad derived inputs {data!r}")
+        return cls(data.get("height_window", 0), data.get("sar_window", 0))
+
+
+def _box(x: Tensor, size: int) -> Tensor:
+    """Mean over ``size``-square windows of (N, 1, H, W) maps, NaN ignored ('valid' output)."""
+    finite = torch.isfinite(x)
+    total = F.avg_pool2d(torch.where(finite, x, 0.0), size, stride=1)
+    count = F.avg_pool2d(finite.to(x.dtype), size, stride=1)
+    return torch.where(count > 0, total / count.clamp_min(1e-12), torch.nan)
+
+
+def height_above_ground(dsm: Tensor, window: int) -> Tensor:
+    """(H, W) DSM → (H - 2c, W - 2c) height above ground, c = window - 1 ('valid' filters: the
+    margin is consumed, so the result is exact wherever the input covers the context).
+    NaN (nodata) is ignored by the ground estimate and stays NaN in the result."""
+    x = dsm[None, None]
+    low = -F.max_pool2d(torch.where(torch.isfinite(x), -x, -torch.inf), (1, window), stride=1)
+    low = -F.max_pool2d(-low, (window, 1), stride=1)  # separable: exact for a minimum
+    # The box mean in float64: elevations of hundreds of metres summed over a large window
+    # would lose centimetres in float32.
+    ground = _box(torch.where(torch.isinf(low), torch.nan, low).double(), window)
+    c = window - 1
+    core = x[..., c:x.shape[-2] - c, c:x.shape[-1] - c].double()
+    return (core - ground)[0, 0].to(dsm.dtype)
+
+
+def _crop(x: Tensor, c: int) -> Tensor:
+    return x[..., c:x.shape[-2] - c, c:x.shape[-1] - c] if c else x
+
+
+def derive(aux: Tensor, derived: DerivedInputs) -> Tensor:
+    """(a, H, W) raw auxiliary bands with ``derived.context`` extra pixels on each side →
+    (a + channels, H - 2 context, W - 2 context): the raw bands cropped, then the derived ones."""
+    c = derived.context
+    if not c:
+        return aux
+    extra = []
+    if derived.height_window:
+        extra.append(height_above_ground(_crop(aux[0], c - (derived.height_window - 1)),
+                                         derived.height_window)[None])
+    if derived.sar_window:
+        half = derived.sar_window // 2
+        extra.append(_box(_crop(aux, c - half)[:, None], derived.sar_window)[:, 0])
+    return torch.cat([_crop(aux, c), *extra])
 
 
 @dataclass(frozen=True)
@@ -35,6 +159,8 @@ class Preprocessor:
     pca_mean: np.ndarray  # (bands,) mean of the z-scored sample
     pca_components: np.ndarray  # (reduced, bands) rows are unit principal axes
     pca_explained: np.ndarray  # (reduced,) fraction of variance explained by each axis
+    # Channels derived from the raw aux bands; aux_mean/aux_std cover them after the raw ones.
+    derived: DerivedInputs = field(default_factory=DerivedInputs)
 
     @property
     def bands(self) -> int:
@@ -42,7 +168,18 @@ class Preprocessor:
 
     @property
     def aux_bands(self) -> int:
+        """Channels of the network's active input: the raw aux bands, then the derived ones."""
         return int(self.aux_mean.shape[0])
+
+    @property
+    def raw_aux_bands(self) -> int:
+        """Auxiliary bands read from the scene."""
+        return self.derived.raw_bands(self.aux_bands)
+
+    @property
+    def context(self) -> int:
+        """Pixels a reader adds to a block's halo for the derived inputs (0 without them)."""
+        return self.derived.context
 
     @property
     def reduced_bands(self) -> int:
@@ -54,20 +191,23 @@ class Preprocessor:
                 for name in _FIELDS}
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, Tensor]) -> Preprocessor:
-        """Rebuild from :meth:`tensors`; raises ValueError when shapes do not fit together."""
+    def from_tensors(cls, tensors: dict[str, Tensor],
+                     derived: DerivedInputs | None = None) -> Preprocessor:
+        """Rebuild from :meth:`tensors` (``derived``: the derived inputs the statistics cover,
+        stored beside the tensors); raises ValueError when shapes do not fit together."""
         missing = [n for n in _FIELDS if n not in tensors]
         if missing:
             raise ValueError(f"preprocessing tensors missing: {', '.join(missing)}")
         arrays = {n: tensors[n].detach().cpu().numpy().astype(np.float32) for n in _FIELDS}
-        pre = cls(**arrays)
+        pre = cls(**arrays, derived=derived or DerivedInputs())
         b, a, r = pre.bands, pre.aux_bands, pre.reduced_bands
         shapes_ok = (
             pre.optical_std.shape == (b,) and pre.aux_std.shape == (a,)
             and pre.pca_mean.shape == (b,) and pre.pca_components.shape == (r, b)
             and pre.pca_explained.shape == (r,)
         )
-        if not shapes_ok:
+        raw = pre.raw_aux_bands
+        if not shapes_ok or raw < 1 or raw + pre.derived.channels_for(raw) != a:
             raise ValueError("preprocessing tensors have inconsistent shapes")
         if not all(np.isfinite(v).all() for v in arrays.values()):
             raise ValueError("preprocessing tensors hold NaN or Inf")
@@ -85,6 +225,7 @@ class DevicePreprocessor:
     """The preprocessing on a torch device, applied to whole blocks before patches are cut."""
 
     def __init__(self, pre: Preprocessor, device: torch.device) -> None:
+        self.derived = pre.derived
         t = {k: v.to(device) for k, v in pre.tensors().items()}
         self.optical_mean = t["optical_mean"][:, None, None]
         self.optical_std = t["optical_std"][:, None, None]
@@ -94,7 +235,15 @@ class DevicePreprocessor:
         self.pca_components = t["pca_components"]
 
     def __call__(self, optical: Tensor, aux: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(bands, H, W) and (aux, H, W) raw float32 with NaN → z-scored optical, PCA, aux."""
+        """(bands, H, W) and (aux, H, W) raw float32 with NaN → z-scored optical, PCA, aux.
+
+        With derived inputs the arrays hold ``context`` extra pixels on each side (read with
+        ``halo + context``); they are derived, then cropped off: the outputs are
+        (H - 2 context, W - 2 context)."""
+        c = self.derived.context
+        if c:
+            aux = derive(aux, self.derived)
+            optical = optical[:, c:optical.shape[-2] - c, c:optical.shape[-1] - c]
         z_opt = torch.nan_to_num((optical - self.optical_mean) / self.optical_std, nan=0.0,
                                  posinf=0.0, neginf=0.0)
         z_aux = torch.nan_to_num((aux - self.aux_mean) / self.aux_std, nan=0.0, posinf=0.0,
@@ -144,26 +293,32 @@ def fit_preprocessor(
     pca_samples: int = 20000,
     block_size: int = 512,
     seed: int = 0,
+    derived: DerivedInputs | None = None,
 ) -> Preprocessor:
-    """Stream ``scene`` once: band statistics of both modalities and a PCA sample of pixels.
+    """Stream ``scene`` once: band statistics of both modalities (and of the ``derived``
+    inputs, computed as every reader computes them) and a PCA sample of pixels.
 
     ``reduced_bands`` is capped at the number of optical bands.
     """
+    derived = derived or DerivedInputs()
     grid = scene.grid
     opt_moments = _RunningMoments(scene.optical.count)
-    aux_moments = _RunningMoments(scene.aux.count)
+    aux_moments = _RunningMoments(scene.aux.count + derived.channels_for(scene.aux.count))
     rng = np.random.default_rng(seed)
     n_blocks = block_count(grid.height, grid.width, block_size)
     per_block = max(1, -(-pca_samples // n_blocks))
     sample: list[np.ndarray] = []
+    c = derived.context
     for window in iter_blocks(grid.height, grid.width, block_size):
-        block = scene.read(window)
-        opt_moments.update(block.optical)
-        aux_moments.update(block.aux)
-        valid = np.flatnonzero(valid_mask(block.optical))
+        block = scene.read(window, c)
+        optical = block.optical[:, c:block.optical.shape[1] - c, c:block.optical.shape[2] - c]
+        aux = derive(torch.from_numpy(block.aux), derived).numpy() if c else block.aux
+        opt_moments.update(optical)
+        aux_moments.update(aux)
+        valid = np.flatnonzero(valid_mask(optical))
         if valid.size:
             pick = rng.choice(valid, size=min(per_block, valid.size), replace=False)
-            pixels = block.optical.reshape(block.optical.shape[0], -1)[:, np.sort(pick)]
+            pixels = optical.reshape(optical.shape[0], -1)[:, np.sort(pick)]
             sample.append(pixels.T.astype(np.float64))
     optical_mean, optical_std = opt_moments.mean_std()
     aux_mean, aux_std = aux_moments.mean_std()
@@ -176,7 +331,7 @@ def fit_preprocessor(
         z = np.zeros((1, bands))
     pca_mean, components, explained = _pca(z, reduced)
     return Preprocessor(optical_mean, optical_std, aux_mean, aux_std, pca_mean.astype(np.float32),
-                        components.astype(np.float32), explained.astype(np.float32))
+                        components.astype(np.float32), explained.astype(np.float32), derived)
 
 
 def _pca(z: np.ndarray, reduced: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

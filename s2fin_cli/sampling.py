@@ -41,6 +41,11 @@ ProtocolKind = Literal["all", "per-class", "fraction"]
 # The blocked split's defaults: a fifth of the labels validates, in cells of 16 x 16 pixels.
 DEFAULT_VAL_FRACTION = 0.2
 DEFAULT_SPLIT_BLOCK = 16
+# The default validation strategy ("auto", no --val-fraction): hold DEFAULT_VAL_FRACTION out only
+# when every class has at least this many labelled pixels; below it, every label trains and the
+# run lasts its fixed schedule (a validation split of a few pixels per class costs a third of
+# the labels and selects an epoch on noise).
+AUTO_VAL_MIN_PER_CLASS = 50
 # Side of the blocks read when only the pixels at samples are needed (validity, patches).
 SAMPLE_READ_BLOCK = 512
 # Seed offsets so the protocol draw and the split draw are independent streams of one seed.
@@ -203,6 +208,17 @@ def apply_protocol(samples: Samples, protocol: Protocol, classes: ClassTable, *,
         raise LabelError(f"too few labelled pixels for {protocol.describe()}: {text}",
                          hint="lower --per-class, label more pixels, or drop the class")
     return samples.subset(np.sort(np.concatenate(keep))).sorted()
+
+
+def resolve_val_fraction(val_fraction: float | None, counts: dict[int, int]) -> float:
+    """The validation fraction of a run: ``val_fraction`` when given; otherwise (``auto``)
+    :data:`DEFAULT_VAL_FRACTION` when the smallest class of ``counts`` (labelled pixels per
+    class) has at least :data:`AUTO_VAL_MIN_PER_CLASS`, else 0 (no validation split)."""
+    if val_fraction is not None:
+        return val_fraction
+    if counts and min(counts.values()) >= AUTO_VAL_MIN_PER_CLASS:
+        return DEFAULT_VAL_FRACTION
+    return 0.0
 
 
 @dataclass

@@ -9,9 +9,11 @@ matrix, exactly as in a map written by ``s2fin predict`` (which writes 0 there).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from s2fin_cli import console
 from s2fin_cli.classes import ClassTable
@@ -26,6 +28,27 @@ from s2fin_cli.training_data import iter_sample_inputs
 SAMPLE_BATCH_SIZE = 256  # patches per forward pass when predicting at labelled pixels
 
 
+def _logit_batches(model: nn.Module, scene: Scene, samples: Samples,
+                   preprocessor: Preprocessor, geometry: PatchGeometry, device: torch.device,
+                   batch_size: int) -> Iterator[tuple[np.ndarray, Tensor]]:
+    """(sample positions, float32 logits) batch by batch, in eval mode under
+    ``torch.inference_mode``; the model's mode is restored."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be positive")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for part in iter_sample_inputs(scene, samples, preprocessor, geometry, device):
+                for start in range(0, len(part), batch_size):
+                    sl = slice(start, start + batch_size)
+                    with autocast(device):
+                        logits = model(part.spectral[sl], part.spatial[sl], part.active[sl])
+                    yield part.index[sl], logits.float()
+    finally:
+        model.train(was_training)
+
+
 def predict_indexes(
     model: nn.Module,
     scene: Scene,
@@ -38,23 +61,31 @@ def predict_indexes(
 ) -> np.ndarray:
     """The output index (position in the class table) predicted at every sample, in sample
     order. Runs in eval mode under ``torch.inference_mode``; the model's mode is restored."""
-    if batch_size < 1:
-        raise ValueError("batch_size must be positive")
     out = np.full(len(samples), -1, np.int64)
     if len(samples) == 0:
         return out
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for part in iter_sample_inputs(scene, samples, preprocessor, geometry, device):
-                for start in range(0, len(part), batch_size):
-                    sl = slice(start, start + batch_size)
-                    with autocast(device):
-                        logits = model(part.spectral[sl], part.spatial[sl], part.active[sl])
-                    out[part.index[sl]] = logits.float().argmax(1).cpu().numpy()
-    finally:
-        model.train(was_training)
+    for index, logits in _logit_batches(model, scene, samples, preprocessor, geometry, device,
+                                        batch_size):
+        out[index] = logits.argmax(1).cpu().numpy()
+    return out
+
+
+def predict_probabilities(
+    model: nn.Module,
+    scene: Scene,
+    samples: Samples,
+    preprocessor: Preprocessor,
+    geometry: PatchGeometry,
+    device: torch.device,
+    num_classes: int,
+    *,
+    batch_size: int = SAMPLE_BATCH_SIZE,
+) -> np.ndarray:
+    """(samples, classes) softmax probabilities at every sample (the centres must be valid)."""
+    out = np.zeros((len(samples), num_classes), np.float32)
+    for index, logits in _logit_batches(model, scene, samples, preprocessor, geometry, device,
+                                        batch_size):
+        out[index] = torch.softmax(logits, dim=1).cpu().numpy()
     return out
 
 
@@ -101,5 +132,6 @@ __all__ = [
     "index_report",
     "predict_class_ids",
     "predict_indexes",
+    "predict_probabilities",
     "score_at_samples",
 ]

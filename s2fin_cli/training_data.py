@@ -1,13 +1,16 @@
 """Training inputs cut on the fly from the scene: no pre-extracted patches on disk.
 
-Blocks of the scene that hold samples are read with a halo of ``patch_size // 2`` (reflect padded
-at scene borders), preprocessed on the device with the model's statistics and PCA, and the three
+Blocks of the scene that hold samples are read with a halo of ``patch_size // 2`` (plus the
+preprocessing's context for derived inputs; reflect padded at scene borders), preprocessed on
+the device with the model's statistics and PCA (which crop the context off), and the three
 network inputs are cut around the samples with :func:`s2fin_cli.patches.cut_inputs`. Training
 keeps the per-sample inputs in memory (memory ~ samples, never the scene); prediction at labelled
 pixels (validation, test) consumes them block by block instead.
 
 Augmentation happens at batch time: a random flip and a random multiple of 90° per sample,
-applied identically to the spectral, spatial and active patches, from a generator seeded per epoch.
+applied identically to the spectral, spatial and active patches, and optionally a radiometric
+change of the optical inputs (a per-sample gain and Gaussian noise, :func:`radiometric_draws`),
+all from a generator seeded per epoch.
 """
 
 from __future__ import annotations
@@ -50,12 +53,13 @@ def iter_sample_inputs(
 ) -> Iterator[PatchBatch]:
     """Inputs of every sample, block by block (at most ``chunk`` samples per batch), on ``device``.
 
-    Only blocks holding samples are read; each is preprocessed once on the device.
+    Only blocks holding samples are read, with the patch halo plus the preprocessing's context
+    (derived inputs); each is preprocessed once on the device, which crops the context off.
     """
     prep = preprocessor.device_tensors(device)
     halo = geometry.halo
     for window, index in group_by_block(samples, block_size, scene.grid.shape):
-        block = scene.read(window, halo)
+        block = scene.read(window, halo + preprocessor.context)
         optical = torch.from_numpy(block.optical).to(device)
         aux = torch.from_numpy(block.aux).to(device)
         z_opt, reduced, z_aux = prep(optical, aux)
@@ -163,6 +167,82 @@ def augment(spectral: Tensor, spatial: Tensor, active: Tensor, generator: torch.
                 x = torch.rot90(x, k, dims=(-2, -1))
             out[sel] = x
     return outs[0], outs[1], outs[2]
+
+
+@dataclass(frozen=True)
+class Radiometric:
+    """Radiometric changes of a batch's optical inputs: per-sample gains and additive noise.
+
+    Inputs are z-scored (spectral) and PCA of z-scored bands (spatial, an orthonormal
+    projection), so a gain on the spectrum is the same gain on its components and white noise
+    of std sigma on the bands is white noise of std sigma on the components (as in HyMuT's
+    "radiation noise" on z-scored data). The active (LiDAR/SAR) patch is left unchanged.
+    """
+
+    gains: Tensor  # (N,)
+    spectral_noise: Tensor | None  # (N, bands, s, s)
+    spatial_noise: Tensor | None  # (N, reduced, p, p)
+
+    def subset(self, index: Tensor) -> Radiometric:
+        return Radiometric(self.gains[index],
+                           None if self.spectral_noise is None else self.spectral_noise[index],
+                           None if self.spatial_noise is None else self.spatial_noise[index])
+
+    def apply(self, spectral: Tensor, spatial: Tensor) -> tuple[Tensor, Tensor]:
+        g = self.gains.to(spectral.device)[:, None, None, None]
+        spectral, spatial = spectral * g, spatial * g
+        if self.spectral_noise is not None and self.spatial_noise is not None:
+            spectral = spectral + self.spectral_noise.to(spectral.device)
+            spatial = spatial + self.spatial_noise.to(spatial.device)
+        return spectral, spatial
+
+
+def radiometric_draws(n: int, spectral_shape: tuple[int, ...], spatial_shape: tuple[int, ...],
+                      generator: torch.Generator, gain_jitter: float,
+                      noise: float) -> Radiometric:
+    """The draws of :class:`Radiometric` for ``n`` samples (on the CPU, from ``generator``):
+    gains ~U(1 - gain_jitter, 1 + gain_jitter), noise ~N(0, noise^2) (none when 0)."""
+    gains = 1.0 + gain_jitter * (2.0 * torch.rand(n, generator=generator) - 1.0)
+    if noise <= 0:
+        return Radiometric(gains, None, None)
+    spectral = noise * torch.randn((n, *spectral_shape), generator=generator)
+    spatial = noise * torch.randn((n, *spatial_shape), generator=generator)
+    return Radiometric(gains, spectral, spatial)
+
+
+# Context mixing keeps the centre (2 * CONTEXT_KEEP + 1) pixels square of a patch.
+CONTEXT_KEEP = 1
+
+
+def context_draws(n: int, n_donors: int, probability: float,
+                  generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Which of ``n`` samples get another sample's context (bool), and whose (donor indexes)."""
+    mixed = torch.rand(n, generator=generator) < probability
+    donor = torch.randint(0, n_donors, (n,), generator=generator)
+    return mixed, donor
+
+
+def mix_context(spatial: Tensor, active: Tensor, donors: PatchSet, mixed: Tensor,
+                donor: Tensor) -> tuple[Tensor, Tensor]:
+    """The spatial and active patches with everything outside the centre square replaced, where
+    ``mixed``, by the patches of training sample ``donor``: the label stays the centre's, so the
+    network learns to classify the centre whatever surrounds it (few labelled objects otherwise
+    teach it their surroundings)."""
+    sel = torch.nonzero(mixed).flatten()
+    if sel.numel() == 0:
+        return spatial, active
+    p = spatial.shape[-1]
+    lo, hi = p // 2 - CONTEXT_KEEP, p // 2 + CONTEXT_KEEP + 1
+    ring = torch.ones(p, p, dtype=torch.bool)
+    ring[lo:hi, lo:hi] = False
+    ring = ring.to(spatial.device)
+    outs = []
+    for x, bank in ((spatial, donors.spatial), (active, donors.active)):
+        x = x.clone()
+        other = bank[donor[sel].to(bank.device)].to(x.device)
+        x[sel] = torch.where(ring, other, x[sel])
+        outs.append(x)
+    return outs[0], outs[1]
 
 
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator, *, shuffle: bool = True

@@ -185,9 +185,14 @@ def make_training_data(directory: Path, *, seed: int = 0) -> dict[str, Path]:
 def tiny_request(data: dict[str, Path], output: Path, **overrides: object) -> TrainRequest:
     """A fast request on :func:`make_training_data`; ``overrides`` may name TrainRequest or
     NetworkOptions fields."""
-    settings = TrainSettings(epochs=3, batch_size=16, warmup_epochs=1, patience=5, seed=0)
+    # The default recipe (every element of TrainSettings and NetworkOptions), made small: few
+    # epochs and steps, a tiny network, a height window that fits the 32 px scene.
+    defaults, net_defaults = TrainSettings(), NetworkOptions()
+    settings = dataclasses.replace(defaults, epochs=3, batch_size=16, warmup_epochs=1,
+                                   patience=5, seed=0, min_steps=min(defaults.min_steps, 12))
     network_fields = {f.name for f in dataclasses.fields(NetworkOptions)}
-    network = NetworkOptions(patch_size=7, spectral_window=3, pca=3, dim=8, depth=1)
+    network = dataclasses.replace(net_defaults, patch_size=7, spectral_window=3, pca=3, dim=8,
+                                  depth=1, height_window=min(net_defaults.height_window, 5))
     network = dataclasses.replace(network, **{k: v for k, v in overrides.items()  # type: ignore[arg-type]
                                               if k in network_fields})
     request = TrainRequest(

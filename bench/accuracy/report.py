@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.accuracy.methods import ABLATED, BASELINES, LABELS, S2FIN
+from bench.accuracy.methods import ABLATED, BASELINES, LABELS, RECIPE_ELEMENTS, REVERTED, S2FIN
 from bench.accuracy.scenes import BenchScene
 from s2fin_cli.classes import ClassTable
 from s2fin_cli.metrics import AccuracyReport, format_mean_std, mean_std
@@ -29,6 +29,10 @@ class Run:
     n_train: int
     n_test: int
     excluded: int
+    # S²Fin runs: pixels that trained and validated after s2fin train's split, epochs run.
+    n_fit: int | None = None
+    n_val: int | None = None
+    epochs: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         r = self.report
@@ -37,6 +41,7 @@ class Run:
                 "train_seconds": round(self.train_seconds, 3),
                 "predict_seconds": round(self.predict_seconds, 3), "n_train": self.n_train,
                 "n_test": self.n_test, "excluded_near_training": self.excluded,
+                "n_fit": self.n_fit, "n_val": self.n_val, "epochs": self.epochs,
                 "report": r.to_json()}
 
 
@@ -61,9 +66,10 @@ class SceneResult:
                    and (seeds is None or r.seed in seeds)]
         return mean_std(reports) if reports else None
 
-    def ablation_seeds(self, n: int) -> set[int]:
-        """The seeds every ablation ran with at ``n`` (the full model is compared on these)."""
-        sets = [{r.seed for r in self.runs if r.method == m and r.n == n} for m in ABLATED]
+    def ablation_seeds(self, n: int, methods: tuple[str, ...] = ABLATED) -> set[int]:
+        """The seeds every ablation (or reversion) ran with at ``n`` (the full model is
+        compared on these)."""
+        sets = [{r.seed for r in self.runs if r.method == m and r.n == n} for m in methods]
         sets = [s for s in sets if s]
         return set.intersection(*sets) if sets else set()
 
@@ -137,7 +143,7 @@ def _main_table(result: SceneResult) -> list[str]:
     head = "| method |" + "".join(f" N={n} OA % | N={n} AA % | N={n} κ |" for n in result.ns)
     sep = "|---|" + "---:|" * (3 * len(result.ns))
     lines = [head, sep]
-    methods = [m for m in (*BASELINES, S2FIN, *ABLATED)
+    methods = [m for m in (*BASELINES, S2FIN, *ABLATED, *REVERTED)
                if any(m in result.methods_at.get(n, []) for n in result.ns)]
     for m in methods:
         cells = []
@@ -167,15 +173,16 @@ def _per_class_table(result: SceneResult, n: int) -> list[str]:
     return lines
 
 
-def _ablation_table(result: SceneResult, n: int) -> list[str]:
-    seeds = result.ablation_seeds(n)
+def _cost_table(result: SceneResult, n: int, methods: tuple[str, ...], what: str) -> list[str]:
+    """The full model minus each variant of ``methods`` at ``n``, on the seeds they share."""
+    seeds = result.ablation_seeds(n, methods)
     full = result.cell(S2FIN, n, seeds)
-    rows = [(m, result.cell(m, n, seeds)) for m in ABLATED
+    rows = [(m, result.cell(m, n, seeds)) for m in methods
             if result.cell(m, n, seeds) is not None]
     if full is None or not rows:
-        return [f"Ablations were not run at N = {n}."]
-    lines = [f"Cost of removing each module at N = {n} (full minus ablated, mean over seeds "
-             f"{', '.join(map(str, sorted(seeds)))} for both; positive = the module helps):", "",
+        return []
+    lines = [f"Cost of {what} at N = {n} (full minus variant, mean over seeds "
+             f"{', '.join(map(str, sorted(seeds)))} for both; positive = it helps):", "",
              "| variant | OA % | AA % | κ | ΔOA (points) | ΔAA (points) | Δκ |",
              "|---|---:|---:|---:|---:|---:|---:|",
              f"| S²Fin (full) | {_fmt(full, 'overall_accuracy')} | "
@@ -190,16 +197,21 @@ def _ablation_table(result: SceneResult, n: int) -> list[str]:
     return lines
 
 
-def ablation_costs(result: SceneResult, n: int) -> dict[str, float]:
-    seeds = result.ablation_seeds(n)
+def costs(result: SceneResult, n: int, methods: tuple[str, ...] = ABLATED) -> dict[str, float]:
+    """OA points the full model is ahead of each variant of ``methods`` at ``n``."""
+    seeds = result.ablation_seeds(n, methods)
     full = result.cell(S2FIN, n, seeds)
     out = {}
-    for m in ABLATED:
+    for m in methods:
         stats = result.cell(m, n, seeds)
         if full is not None and stats is not None:
-            out[m.removeprefix("s2fin-no-")] = 100 * (_mean(full, "overall_accuracy")
-                                                       - _mean(stats, "overall_accuracy"))
+            out[m] = 100 * (_mean(full, "overall_accuracy") - _mean(stats, "overall_accuracy"))
     return out
+
+
+def ablation_costs(result: SceneResult, n: int) -> dict[str, float]:
+    """OA cost of removing each module (by module name)."""
+    return {m.removeprefix("s2fin-no-"): v for m, v in costs(result, n).items()}
 
 
 def _timing_lines(results: list[SceneResult]) -> list[str]:
@@ -209,12 +221,54 @@ def _timing_lines(results: list[SceneResult]) -> list[str]:
         for r in res.runs:
             train[r.method].append(r.train_seconds)
             pred[r.method].append(r.predict_seconds)
-    lines = ["| method | runs | mean train s | mean predict s |", "|---|---:|---:|---:|"]
-    for m in (*BASELINES, S2FIN, *ABLATED):
+    lines = ["Baselines: training and prediction at the test pixels. S²Fin: the whole "
+             "`run_training` call (preprocessing fit, patches, training, scoring the test "
+             "pixels, writing the model file), as `s2fin train` runs it.", "",
+             "| method | runs | mean train s | mean predict s |", "|---|---:|---:|---:|"]
+    for m in (*BASELINES, S2FIN, *ABLATED, *REVERTED):
         if train.get(m):
+            predict = f"{np.mean(pred[m]):.2f}" if m in BASELINES else "(in train)"
             lines.append(f"| {LABELS[m]} | {len(train[m])} | {np.mean(train[m]):.2f} | "
-                         f"{np.mean(pred[m]):.2f} |")
+                         f"{predict} |")
     return lines
+
+
+def _verdict_table(results: list[SceneResult], ns: list[int]) -> list[str]:
+    """Ahead of every baseline on OA, AA and Kappa? per scene and N, with the OA margin."""
+    lines = ["| scene | " + " | ".join(f"N = {n}" for n in ns) + " |",
+             "|---|" + ":---:|" * len(ns)]
+    for res in results:
+        cells = []
+        for n in ns:
+            ok, _ = verdict(res, n)
+            full = res.cell(S2FIN, n)
+            base = [b for b in BASELINES if res.cell(b, n) is not None]
+            if ok is None or full is None or not base:
+                cells.append("–")
+                continue
+            best = max(base, key=lambda b: _mean(res.cell(b, n), "overall_accuracy"))
+            gap = 100 * (_mean(full, "overall_accuracy")
+                         - _mean(res.cell(best, n), "overall_accuracy"))
+            cells.append(f"{'yes' if ok else '**no**'} ({gap:+.2f} vs {SHORT_LABELS[best]})")
+        lines.append(f"| {res.bench.title} | " + " | ".join(cells) + " |")
+    return lines
+
+
+SHORT_LABELS = {"rf": "RF", "svm": "SVM", "rf-ctx": "RF+ctx", "svm-ctx": "SVM+ctx",
+                "cnn": "CNN"}
+
+
+def _cost_summary(results: list[SceneResult], n: int, methods: tuple[str, ...],
+                  names: list[str], title: str) -> list[str]:
+    table = {res.bench.key: costs(res, n, methods) for res in results}
+    if not any(table.values()):
+        return []
+    out = ["", title, "", "| scene | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for res in results:
+        c = table[res.bench.key]
+        out.append(f"| {res.bench.title} | "
+                   + " | ".join(f"{c[m]:+.2f}" if m in c else "·" for m in methods) + " |")
+    return out
 
 
 def render(results: list[SceneResult], meta: dict[str, Any]) -> str:
@@ -224,8 +278,11 @@ def render(results: list[SceneResult], meta: dict[str, Any]) -> str:
     out = ["# Accuracy benchmark: limited labels, baselines, ablations", "",
            "Generated by `bench/accuracy` (do not edit by hand; rerun the command below).", ""]
     if meta.get("quick"):
-        out += ["> **Quick run** (`--quick`): tiny scenes, few steps, few seeds. These numbers "
-                "check the machinery; they are not the benchmark.", ""]
+        out += ["> **Quick run** (`--quick`): tiny scenes, few seeds. These numbers check the "
+                "machinery; they are not the benchmark.", ""]
+    if meta.get("changed"):
+        out += ["> **Changed recipe** (`--set`): S²Fin did not run `s2fin train`'s defaults "
+                "here (see the protocol).", ""]
     out += ["## How this was produced", "",
             "```", meta["command"], "```", "",
             f"* Finished {meta['finished']}, wall time **{meta['wall_minutes']:.1f} min** "
@@ -236,9 +293,12 @@ def render(results: list[SceneResult], meta: dict[str, Any]) -> str:
     out += [f"* {line}" for line in meta["protocol_lines"]]
     out += ["", "### Reductions to fit the CPU budget", ""]
     out += [f"* {line}" for line in meta["reduction_lines"]]
+    out += ["", "## Verdict: is S²Fin ahead of every baseline?", "",
+            "Yes when S²Fin's mean over seeds beats every baseline's mean on all of OA, AA and "
+            "Kappa; in brackets S²Fin's OA margin over the baseline with the best mean OA.", "",
+            *_verdict_table(results, ns)]
     out += ["", f"## Headline: N = {hn} labelled pixels per class", "",
-            "OA % (mean ± std over seeds); the last column says whether S²Fin's mean beats "
-            "every baseline's mean on all of OA, AA and Kappa.", ""]
+            "OA % (mean ± std over seeds).", ""]
     methods = [m for m in (*BASELINES, S2FIN)
                if any(r.cell(m, hn) is not None for r in results)]
     out.append("| scene | " + " | ".join(LABELS[m] for m in methods) + " | S²Fin ahead? |")
@@ -249,20 +309,17 @@ def render(results: list[SceneResult], meta: dict[str, Any]) -> str:
         out.append(f"| {res.bench.title} | "
                    + " | ".join(_fmt(res.cell(m, hn), "overall_accuracy") for m in methods)
                    + f" | {flag} |")
-    costs = {res.bench.key: ablation_costs(res, hn) for res in results}
-    if any(costs.values()):
-        modules = [m.removeprefix("s2fin-no-") for m in ABLATED]
-        out += ["", f"OA cost of removing each module at N = {hn} (S²Fin full minus ablated, "
-                "OA points, on the same seeds; positive = the module helps):", "",
-                "| scene | " + " | ".join(modules) + " |", "|---|" + "---:|" * len(modules)]
-        for res in results:
-            c = costs[res.bench.key]
-            out.append(f"| {res.bench.title} | "
-                       + " | ".join(f"{c[m]:+.2f}" if m in c else "·" for m in modules) + " |")
+    out += _cost_summary(results, hn, ABLATED, [m.removeprefix("s2fin-no-") for m in ABLATED],
+                         f"OA cost of removing each module at N = {hn} (S²Fin full minus "
+                         "ablated, OA points, on the same seeds; positive = the module helps):")
+    out += _cost_summary(results, hn, REVERTED, list(RECIPE_ELEMENTS),
+                         f"OA cost of reverting each element of the training recipe at N = {hn}"
+                         " (S²Fin minus S²Fin without it, OA points, on the same seeds; "
+                         "positive = the element helps):")
     for res in results:
         out += ["", f"## {res.bench.title}", "", res.bench.description + ".", ""]
-        ok, sentence = verdict(res, hn)
-        out += [sentence, ""]
+        for n in ns:
+            out += [verdict(res, n)[1], ""]
         if res.bench.caveats:
             out += ["Caveats:", ""] + [f"* {c}" for c in res.bench.caveats] + [""]
         for note in res.notes:
@@ -276,8 +333,13 @@ def render(results: list[SceneResult], meta: dict[str, Any]) -> str:
                    f"{res.bench.split_kind}; scene wall time {res.wall_seconds / 60:.1f} min.")
         out += ["", *_class_table(res), "", *_main_table(res), "",
                 "`·` = not run at this N (see the reductions above).", "",
-                *_per_class_table(res, hn), "", *_ablation_table(res, hn)]
-    out += ["", "## Run times (this machine, 1 thread per run)", "", *_timing_lines(results), ""]
+                *_per_class_table(res, hn), ""]
+        for methods_, what in ((ABLATED, "removing each module"),
+                               (REVERTED, "reverting each recipe element")):
+            table = _cost_table(res, hn, methods_, what)
+            if table:
+                out += [*table, ""]
+    out += ["", "## Run times (this machine, per run)", "", *_timing_lines(results), ""]
     return "\n".join(out) + "\n"
 
 
@@ -294,7 +356,7 @@ def render_trial(results: list[SceneResult], meta: dict[str, Any], title: str) -
            "depends on it:", "", "```", meta["command"], "```", "",
            f"* Finished {meta['finished']}, wall time {meta['wall_minutes']:.1f} min "
            f"(git {meta['git']}); {meta['threads_note']}"]
-    out += [f"* {line}" for line in meta["protocol_lines"][-2:]]
+    out += [f"* {line}" for line in meta["protocol_lines"][3:4]]
     methods = [m for m in (*BASELINES, S2FIN)
                if any(r.cell(m, hn) is not None for r in results)]
     out += ["", f"OA / AA / κ at N = {hn} (mean ± std over seeds):", "",

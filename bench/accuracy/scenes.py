@@ -175,7 +175,8 @@ def dataset_scene(path: Path) -> BenchScene:
         raise FileNotFoundError(f"{path}/hsi.tif not found (expected a folder written by "
                                 "`s2fin datasets import`)")
     aux, kind = None, "lidar"
-    for name, k in (("lidar.tif", "lidar"), ("dsm.tif", "lidar"), ("sar.tif", "sar")):
+    # The paper pairs Augsburg's HSI with its SAR: SAR before a DSM when a folder has both.
+    for name, k in (("lidar.tif", "lidar"), ("sar.tif", "sar"), ("dsm.tif", "lidar")):
         if (path / name).exists():
             aux, kind = path / name, k
             break

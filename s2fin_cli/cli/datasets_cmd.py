@@ -29,6 +29,8 @@ class DatasetName(str, Enum):
     muufl = "muufl"
     augsburg = "augsburg"
     berlin = "berlin"
+    yellow_river = "yellow-river"
+    lcz_hk = "lcz-hk"
 
 
 datasets = typer.Typer(
@@ -51,7 +53,7 @@ def list_(json_output: JsonOutput = False) -> None:
                 "citation": spec.citation,
                 "classes": spec.classes.to_json(),
                 "gsd_m": spec.gsd,
-                "shape": list(spec.shape),
+                "shape": None if spec.shape is None else list(spec.shape),
                 "bands": dict(spec.bands),
                 "official_split": spec.official_split,
                 "expected_files": {role: spec.expected_files(role) for role in ROLES
@@ -71,8 +73,10 @@ def list_(json_output: JsonOutput = False) -> None:
             if names:
                 table.add_row(ROLE_TITLES[role], OUTPUT_NAMES[role], ", ".join(names))
         bands = ", ".join(f"{role} {n}" for role, n in spec.bands.items())
+        size = ("size not known" if spec.shape is None
+                else f"{spec.shape[0]} x {spec.shape[1]} px")
         table.caption = (f"{len(spec.class_names)} classes: {', '.join(spec.class_names)}. "
-                         f"{spec.shape[0]} x {spec.shape[1]} px, {spec.gsd:g} m, bands: {bands}. "
+                         f"{size}, {spec.gsd:g} m, bands: {bands}. "
                          + ("Official train/test split." if spec.official_split
                             else "No official split (ground truth only)."))
         console.stdout.print(table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -29,7 +30,7 @@ from s2fin_cli.cli.options import (
 from s2fin_cli.distributed import launch_env, process_group, rank_device
 from s2fin_cli.errors import EXIT_INTERRUPTED, ConfigError
 from s2fin_cli.model_file import DEFAULT_MODEL_PATH
-from s2fin_cli.sampling import DEFAULT_SPLIT_BLOCK, DEFAULT_VAL_FRACTION
+from s2fin_cli.sampling import AUTO_VAL_MIN_PER_CLASS, DEFAULT_SPLIT_BLOCK, DEFAULT_VAL_FRACTION
 from s2fin_cli.training import (
     NetworkOptions,
     TrainingStopped,
@@ -39,6 +40,7 @@ from s2fin_cli.training import (
     check_request,
     checkpoint_path_for,
     parse_ablate,
+    parse_stem_norm,
     run_training,
 )
 
@@ -86,9 +88,13 @@ def train(
                      "pixels (seeded)."),
     ] = None,
     val_fraction: Annotated[
-        float, typer.Option("--val-fraction", help="Share of the labels held out for "
-                            "validation (spatially blocked; 0 = none, keep the last epoch).")
-    ] = DEFAULT_VAL_FRACTION,
+        float | None,
+        typer.Option("--val-fraction", help="Share of the labels held out for validation "
+                     "and early stopping (spatially blocked; 0 = none, keep the last epoch). "
+                     f"Default: {DEFAULT_VAL_FRACTION:g} when every class has at least "
+                     f"{AUTO_VAL_MIN_PER_CLASS} labelled pixels, else none (every label "
+                     "trains for a fixed schedule)."),
+    ] = None,
     split_block: Annotated[
         int, typer.Option("--split-block", help="Cell size in pixels of the blocked "
                           "train/validation split.")
@@ -103,6 +109,22 @@ def train(
         int, typer.Option("--patience", help="Stop after this many epochs without validation "
                           "improvement.")
     ] = _D.patience,
+    min_steps: Annotated[
+        int, typer.Option("--min-steps", help="At least this many optimiser steps, however few "
+                          "the labels (the run lasts max(--epochs, steps / batches per epoch) "
+                          "epochs).")
+    ] = _D.min_steps,
+    semi: Annotated[
+        bool, typer.Option("--semi/--no-semi", help="Self-training: after the fit, label the "
+                           "unlabelled pixels the network is most sure of (at most "
+                           f"{TrainSettings.SEMI_RATIO:g} x the labels of each class) and train "
+                           "a second network on labels and pseudo-labels (about twice the "
+                           "training time).")
+    ] = _D.self_training > 0,
+    ema: Annotated[
+        float, typer.Option("--ema", help="Decay of an exponential moving average of the "
+                            "weights, which is validated and written (0 = off).")
+    ] = _D.ema,
     seed: Seed = _D.seed,
     device: Device = "auto",
     threads: Threads = None,
@@ -125,6 +147,21 @@ def train(
     dropout: Annotated[
         float, typer.Option("--dropout", help="Dropout rate of the network (0 for none).")
     ] = _N.dropout,
+    height_window: Annotated[
+        int, typer.Option("--height-window", help="With LiDAR: add the height above ground, "
+                          "the DSM (first LiDAR band) minus its minimum over this window (odd, "
+                          "pixels; 0 = off), as an input.")
+    ] = _N.height_window,
+    sar_window: Annotated[
+        int, typer.Option("--sar-window", help="With SAR: add the local mean of every SAR band "
+                          "over this window (odd, pixels; 0 = off) as inputs.")
+    ] = _N.sar_window,
+    stem_norm: Annotated[
+        str | None,
+        typer.Option("--stem-norm", help="Normalisation in the stems of the optical and "
+                     "active branches: group (per patch), batch or none; 'OPTICAL,ACTIVE' sets "
+                     f"them apart. Default: {_N.optical_stem_norm},{_N.active_stem_norm}."),
+    ] = None,
     ablate: Annotated[
         str | None,
         typer.Option("--ablate", help="Switch modules off, comma separated: hfset, afcm, ssaf, "
@@ -158,17 +195,22 @@ def train(
     Under torchrun (RANK/WORLD_SIZE/LOCAL_RANK set) it trains data parallel (DDP): rank 0
     writes the files, the other ranks are quiet.
     """
-    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr,
-                             weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-                             patience=patience, seed=seed, augment=not no_augment)
+    settings = dataclasses.replace(
+        _D, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs, patience=patience, seed=seed, augment=not no_augment,
+        min_steps=min_steps, ema=ema,
+        self_training=(_D.self_training or TrainSettings.SEMI_RATIO) if semi else 0.0)
+    optical_norm, active_norm = parse_stem_norm(stem_norm)
     request = TrainRequest(
         labels=tuple(labels), scene=scene, hsi=hsi, lidar=lidar, sar=sar, aux_bands=aux_bands,
         label_field=label_field, test_labels=test_labels, output=output, overwrite=overwrite,
         per_class=per_class, train_fraction=train_fraction, val_fraction=val_fraction,
         split_block=split_block,
-        network=NetworkOptions(patch_size=patch_size, spectral_window=spectral_window, pca=pca,
-                               dim=dim, depth=depth, dropout=dropout,
-                               ablate=parse_ablate(ablate)),
+        network=dataclasses.replace(
+            _N, patch_size=patch_size, spectral_window=spectral_window, pca=pca, dim=dim,
+            depth=depth, dropout=dropout, ablate=parse_ablate(ablate),
+            height_window=height_window, sar_window=sar_window, optical_stem_norm=optical_norm,
+            active_stem_norm=active_norm),
         settings=settings,
         device=device, threads=threads, resume=resume, keep_checkpoint=keep_checkpoint,
         json_lines=json_output, stop_after=stop_after_epoch,

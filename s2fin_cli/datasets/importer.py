@@ -418,7 +418,7 @@ def _common_grid(spec: DatasetSpec, loaded: dict[Role, _Loaded], log: _Log) -> G
                             for r, item in loaded.items())
         raise AlignmentError(f"the {spec.name} files differ in size: {listing}")
     shape = (int(next(iter(shapes.values()))[0]), int(next(iter(shapes.values()))[1]))
-    if shape != spec.shape:
+    if spec.shape is not None and shape != spec.shape:
         log.warn(f"the rasters are {shape[0]} x {shape[1]} pixels; the published {spec.name} "
                  f"scene is {spec.shape[0]} x {spec.shape[1]} (a crop or another version?)")
     for role in IMAGE_ROLES:

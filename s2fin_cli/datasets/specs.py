@@ -75,7 +75,7 @@ class DatasetSpec:
     title: str
     citation: str
     gsd: float  # metres
-    shape: tuple[int, int]  # published (rows, cols)
+    shape: tuple[int, int] | None  # published (rows, cols); None when not known to us
     class_names: tuple[str, ...]
     class_colors: tuple[RGB, ...]
     bands: Mapping[Role, int]  # published band count per image role
@@ -326,8 +326,80 @@ BERLIN = DatasetSpec(
            "(band meanings per Hong et al. 2021, not verified on the data).",),
 )
 
+YELLOW_RIVER = DatasetSpec(
+    name="yellow-river",
+    title="Yellow River Estuary (hyperspectral + SAR), as distributed with AsyFFNet",
+    citation=("W. Li, Y. Gao, M. Zhang, R. Tao, Q. Du, \"Asymmetric Feature Fusion Network for "
+              "Hyperspectral and SAR Image Classification,\" IEEE TNNLS, 2022, "
+              "doi:10.1109/TNNLS.2022.3149394"),
+    gsd=30.0,
+    gsd_note="assumed (a spaceborne hyperspectral imager); not stated by the loaders",
+    shape=None,
+    class_names=("Class 1", "Class 2", "Class 3", "Class 4", "Class 5"),
+    class_colors=((0, 110, 40), (150, 220, 80), (200, 170, 120), (230, 80, 80),
+                  (0, 90, 255)),
+    bands={"hsi": 166, "sar": 3},
+    sources={
+        # AsyFFNet's own loader (data_loader.py, main_test.py; dataset "HHK"): the HSI and SAR
+        # cubes under the key "data", and train/test masks.
+        "hsi": (Source(("data_hsi.mat",), ("data",)),),
+        "sar": (Source(("data_sar.mat",), ("data",)),),
+        "train": (Source(("mask_train.mat",), ("mask_train",)),
+                  Source(("data_index.mat",), ("train_index",), coords=True,
+                         note="the repackaging with a full ground truth and pixel indexes")),
+        "test": (Source(("mask_test.mat",), ("mask_test",)),
+                 Source(("data_index.mat",), ("test_index",), coords=True,
+                        note="the repackaging with a full ground truth and pixel indexes")),
+        "ground_truth": (Source(("data_gt.mat",), ("data",)),),
+    },
+    official_split=True,
+    notes=("166 HSI bands, 3 SAR bands and 5 classes per AsyFFNet's loader (dataset \"HHK\"); "
+           "the loaders name neither the classes nor the sensors, so the classes are numbered "
+           "and the published scene size is not checked.",
+           "The same file names (data_hsi.mat, data_sar.mat, mask_*.mat) hold AsyFFNet's "
+           "Augsburg and Berlin copies: import each folder under its own dataset name."),
+)
+
+# The Local Climate Zone scheme: built types 1-10, land cover A-G as 11-17.
+_LCZ_NAMES = ("Compact high-rise", "Compact mid-rise", "Compact low-rise", "Open high-rise",
+              "Open mid-rise", "Open low-rise", "Lightweight low-rise", "Large low-rise",
+              "Sparsely built", "Heavy industry", "Dense trees", "Scattered trees",
+              "Bush, scrub", "Low plants", "Bare rock or paved", "Bare soil or sand", "Water")
+_LCZ_COLORS = ((140, 0, 0), (209, 0, 0), (255, 0, 0), (191, 77, 0), (255, 102, 0),
+               (255, 153, 85), (250, 238, 5), (188, 188, 188), (255, 204, 170),
+               (85, 85, 85), (0, 106, 0), (0, 170, 0), (100, 133, 37), (185, 219, 121),
+               (0, 0, 0), (251, 247, 174), (106, 106, 255))
+
+LCZ_HK = DatasetSpec(
+    name="lcz-hk",
+    title="LCZ Hong Kong (Sentinel-2 MSI + Sentinel-1 SAR, local climate zones)",
+    citation=("D. Hong, L. Gao, N. Yokoya, J. Yao, J. Chanussot, Q. Du, B. Zhang, \"More "
+              "Diverse Means Better: Multimodal Deep Learning Meets Remote-Sensing Imagery "
+              "Classification,\" IEEE TGRS 59(5):4340-4354, 2021"),
+    gsd=10.0,
+    gsd_note="assumed (Sentinel-2 10 m bands); not stated by the loaders",
+    shape=None,
+    class_names=_LCZ_NAMES,
+    class_colors=_LCZ_COLORS,
+    bands={"hsi": 10, "sar": 4},
+    sources={
+        # A public loader (HSIDatasetBuilder, "MS_SAR_HK"): one variable per file, read
+        # whatever its name; 10 MSI bands, 4 SAR bands, 17 classes.
+        "hsi": (Source(("data_MSI.mat",), ("data_MSI", "MSI", "data")),),
+        "sar": (Source(("data_SAR.mat",), ("data_SAR", "SAR", "data")),),
+        "ground_truth": (Source(("label.mat",), ("label", "gt", "data")),),
+    },
+    official_split=False,
+    notes=("Sentinel-2 (10 bands) as the optical image, Sentinel-1 (4 bands) as SAR, 17 local "
+           "climate zones (ids 1-10 the built types, 11-17 the land-cover types A-G) per a "
+           "public loader of the data (the dataset is distributed on request by its authors); "
+           "the class order and the published scene size are not verified on the data. No "
+           "train/test split comes with it (the loader draws one).",),
+)
+
 DATASETS: Mapping[str, DatasetSpec] = MappingProxyType(
-    {spec.name: spec for spec in (HOUSTON2013, TRENTO, MUUFL, AUGSBURG, BERLIN)}
+    {spec.name: spec for spec in (HOUSTON2013, TRENTO, MUUFL, AUGSBURG, BERLIN, YELLOW_RIVER,
+                                  LCZ_HK)}
 )
 
 

@@ -25,7 +25,13 @@ from s2fin_cli.training.run import (
     report_path_for,
     run_training,
 )
-from s2fin_cli.training.settings import ABLATIONS, NetworkOptions, TrainSettings, parse_ablate
+from s2fin_cli.training.settings import (
+    ABLATIONS,
+    NetworkOptions,
+    TrainSettings,
+    parse_ablate,
+    parse_stem_norm,
+)
 from s2fin_cli.training.steps import epoch_seed, evaluate_patch_set, learning_rate
 
 __all__ = [
@@ -46,6 +52,7 @@ __all__ = [
     "learning_rate",
     "load_checkpoint",
     "parse_ablate",
+    "parse_stem_norm",
     "report_path_for",
     "run_training",
     "save_checkpoint",

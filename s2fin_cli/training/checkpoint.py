@@ -45,6 +45,8 @@ class LoopState:
     bad_epochs: int
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
+    averaged: dict[str, Tensor] = field(default_factory=dict)  # the weight average (--ema)
+    average_steps: int = 0
 
     def to_payload(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "model": self.model, "optimizer": self.optimizer,
@@ -52,7 +54,8 @@ class LoopState:
                 "best_epoch": self.best_epoch,
                 "best_score": [float(self.best_score[0]), float(self.best_score[1])],
                 "bad_epochs": self.bad_epochs, "history": self.history,
-                "stopped_early": self.stopped_early}
+                "stopped_early": self.stopped_early, "averaged": self.averaged,
+                "average_steps": self.average_steps}
 
     @classmethod
     def from_payload(cls, data: dict[str, Any]) -> LoopState:
@@ -61,16 +64,26 @@ class LoopState:
                    int(data["best_epoch"]),
                    (float(data["best_score"][0]), float(data["best_score"][1])),
                    int(data["bad_epochs"]), list(data["history"]),
-                   bool(data.get("stopped_early", False)))
+                   bool(data.get("stopped_early", False)),
+                   {k: v.clone() for k, v in (data.get("averaged") or {}).items()},
+                   int(data.get("average_steps", 0)))
 
 
 @dataclass
 class Checkpoint:
-    """A run's fingerprint and preprocessing, and the loop state (absent before epoch 1)."""
+    """A run's fingerprint and preprocessing, and the loop state (absent before epoch 1).
+
+    Self-training runs two fits: ``stage`` 2 is the second, on the labels plus the
+    ``pseudo``-labels (rows, cols, classes) chosen after the first, whose report is kept in
+    ``stage_one``; a run killed in either stage resumes there.
+    """
 
     fingerprint: str
     preprocessing: dict[str, Tensor]
     loop: LoopState | None = None
+    stage: int = 1
+    pseudo: dict[str, Tensor] = field(default_factory=dict)
+    stage_one: dict[str, Any] = field(default_factory=dict)
 
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
@@ -78,6 +91,9 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     payload: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
                                "fingerprint": checkpoint.fingerprint,
                                "preprocessing": checkpoint.preprocessing}
+    if checkpoint.stage != 1:
+        payload.update(stage=checkpoint.stage, pseudo=checkpoint.pseudo,
+                       stage_one=checkpoint.stage_one)
     if checkpoint.loop is not None:
         payload.update(checkpoint.loop.to_payload())
     with atomic_output(path, overwrite=True) as tmp:
@@ -124,7 +140,10 @@ def resume_checkpoint(path: Path, fingerprint: dict[str, Any], *,
     try:
         saved = json.loads(data["fingerprint"])
         preprocessing = dict(data["preprocessing"])
-        loop = LoopState.from_payload(data)
+        loop = LoopState.from_payload(data) if "epoch" in data else None
+        stage = int(data.get("stage", 1))
+        pseudo = {k: v.clone() for k, v in (data.get("pseudo") or {}).items()}
+        stage_one = dict(data.get("stage_one") or {})
     except (KeyError, TypeError, ValueError):
         raise ModelFileError(f"checkpoint {path} has no valid run fingerprint or state") from None
     diff = fingerprint_diff(saved, fingerprint)
@@ -132,8 +151,10 @@ def resume_checkpoint(path: Path, fingerprint: dict[str, Any], *,
         raise ConfigError(f"checkpoint {path} belongs to a run with other inputs or settings "
                           f"(differs in: {', '.join(diff)})",
                           hint="rerun with the same options, or drop --resume to start over")
-    console.note(f"resuming from {path} after epoch {loop.epoch}")
-    return Checkpoint(data["fingerprint"], preprocessing, loop)
+    where = "at its start" if loop is None else f"after epoch {loop.epoch}"
+    console.note(f"resuming from {path} {where}" + (" of the self-training fit" if stage == 2
+                                                     else ""))
+    return Checkpoint(data["fingerprint"], preprocessing, loop, stage, pseudo, stage_one)
 
 
 __all__ = [

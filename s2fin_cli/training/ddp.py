@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,13 @@ from s2fin_cli.training.settings import TrainSettings
 from s2fin_cli.training.steps import (
     EpochStats,
     Schedule,
+    augment_batch,
     evaluate_patch_set,
     optimizer_step,
     set_learning_rate,
 )
 from s2fin_cli.training_data import (
     PatchSet,
-    augment,
     augment_choices,
     epoch_batches,
     rank_share,
@@ -56,6 +57,7 @@ def distributed_epoch(
     net: nn.Module, train: PatchSet, settings: TrainSettings, device: torch.device,
     generator: torch.Generator, optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler, schedule: Schedule, dist: DistContext,
+    after_step: Callable[[], None] | None = None,
 ) -> EpochStats:
     """One epoch on this rank's share; the returned sums are over all ranks.
 
@@ -78,9 +80,9 @@ def distributed_epoch(
         if share.numel() == 0:
             share, weight = torch.arange(1), 0.0
         spectral, spatial, active, target = train.batch(batch[share])
-        if choice is not None:
-            spectral, spatial, active = augment(spectral, spatial, active, generator,
-                                                choice=choice[share])
+        spectral, spatial, active = augment_batch(spectral, spatial, active, settings, generator,
+                                                  choice=choice, share=share, global_size=g,
+                                                  donors=train)
         spectral, spatial, active, target = (t.to(device, non_blocking=True) for t in
                                              (spectral, spatial, active, target))
         with autocast(device):
@@ -91,6 +93,8 @@ def distributed_epoch(
             raise ConfigError(f"the training loss became non-finite in epoch "
                               f"{schedule.epoch + 1}", hint="lower --lr")
         optimizer_step(optimizer, scaler, loss_sum * weight, parameters, settings.grad_clip)
+        if after_step is not None:
+            after_step()
         if weight:
             totals += (float(loss_sum.detach()), int((logits.detach().argmax(1) == target).sum()),
                        int(target.shape[0]))

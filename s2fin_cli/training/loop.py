@@ -13,9 +13,10 @@ all-reduced metrics, so it is the same everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -95,6 +96,45 @@ class EarlyStopping:
         self.best_epoch, self.best_state = epoch, state_copy(model)
 
 
+class WeightAverage:
+    """An exponential moving average of a model's floating-point weights and buffers.
+
+    The decay ramps up as min(decay, (1 + t) / (10 + t)) over the steps t so that the first
+    weights do not linger; other tensors (integer buffers) follow the model.
+    """
+
+    def __init__(self, model: nn.Module, decay: float,
+                 state: dict[str, Tensor] | None = None, steps: int = 0) -> None:
+        self.model = model
+        self.decay = decay
+        self.steps = steps
+        self.state = state if state is not None else state_copy(model)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.steps += 1
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        for name, value in self.model.state_dict().items():
+            avg = self.state[name]
+            if avg.is_floating_point():
+                avg.mul_(d).add_(value.detach().to(avg.device, avg.dtype), alpha=1.0 - d)
+            else:
+                avg.copy_(value.detach())
+
+    def copy(self) -> dict[str, Tensor]:
+        return {k: v.clone() for k, v in self.state.items()}
+
+    @contextlib.contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """The averaged weights in the model for the duration (the live weights restored)."""
+        live = state_copy(self.model)
+        self.model.load_state_dict(self.state)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(live)
+
+
 def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
     for state in optimizer.state.values():
         for key, value in state.items():
@@ -109,21 +149,22 @@ _ValidateFn = Callable[[PatchSet], tuple[float, float]]
 
 def _epoch_functions(model: nn.Module, train: PatchSet, settings: TrainSettings,
                      device: torch.device, optimizer: torch.optim.Optimizer,
-                     scaler: torch.amp.GradScaler, ctx: RunContext
+                     scaler: torch.amp.GradScaler, ctx: RunContext,
+                     after_step: Callable[[], None] | None
                      ) -> tuple[_EpochFn, _ValidateFn]:
     if isinstance(ctx, DistContext):
         net = wrap_ddp(model, device)  # after loading the weights: DDP starts from rank 0's
 
         def run_distributed(generator: torch.Generator, schedule: Schedule) -> EpochStats:
             return distributed_epoch(net, train, settings, device, generator, optimizer,
-                                     scaler, schedule, ctx)
+                                     scaler, schedule, ctx, after_step)
 
         return run_distributed, partial(distributed_validation, model, train, device=device,
                                         dist=ctx)
 
     def run_local(generator: torch.Generator, schedule: Schedule) -> EpochStats:
         return train_epoch(model, train, settings, device, generator, optimizer, scaler,
-                           schedule)
+                           schedule, after_step)
 
     def validate_local(val: PatchSet) -> tuple[float, float]:
         pred, val_loss = evaluate_patch_set(model, val, device)
@@ -164,7 +205,8 @@ def fit(
                                   weight_decay=settings.weight_decay)
     steps_per_epoch = len(epoch_batches(len(train), settings.batch_size * ctx.world_size,
                                         torch.Generator().manual_seed(0)))
-    total_steps = settings.epochs * steps_per_epoch
+    epochs = settings.epochs_for(steps_per_epoch)
+    total_steps = epochs * steps_per_epoch
     warmup_steps = min(settings.warmup_epochs * steps_per_epoch, total_steps // 2)
     use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
@@ -181,15 +223,21 @@ def fit(
         start_epoch, history = resume.epoch, list(resume.history)
         stopping = EarlyStopping(settings.patience, resume.best_state, resume.best_score,
                                  resume.best_epoch, resume.bad_epochs, resume.stopped_early)
+    averager = None
+    if settings.ema > 0:
+        averager = (WeightAverage(model, settings.ema, resume.averaged, resume.average_steps)
+                    if resume is not None and resume.averaged else
+                    WeightAverage(model, settings.ema))
     run_epoch, validate = _epoch_functions(model, train, settings, device, optimizer, scaler,
-                                           ctx)
+                                           ctx, averager.update if averager else None)
+    # The weights validated, selected and written: the average when there is one.
+    selected = averager.swapped_in if averager is not None else contextlib.nullcontext
 
-    with console.progress("training", settings.epochs,
-                          json_lines=json_lines and ctx.is_main) as bar:
+    with console.progress("training", epochs, json_lines=json_lines and ctx.is_main) as bar:
         if start_epoch:
             bar.advance(start_epoch, resumed_at=start_epoch)
         epoch = start_epoch
-        while epoch < settings.epochs and not stopping.stopped:
+        while epoch < epochs and not stopping.stopped:
             t0 = time.perf_counter()
             eseed = epoch_seed(settings.seed, epoch)
             # Dropout: its own stream per rank; shuffle and augmentation: the same on all ranks.
@@ -202,12 +250,13 @@ def fit(
                 "epoch": epoch + 1, "lr": stats.lr, "train_loss": stats.loss_sum / stats.seen,
                 "train_accuracy": stats.correct / stats.seen,
             }
-            if val is not None and len(val):
-                val_oa, val_loss = validate(val)
-                record.update(val_loss=val_loss, val_accuracy=val_oa)
-                stopping.update(epoch + 1, (val_oa, -val_loss), model)
-            else:
-                stopping.keep_last(epoch + 1, model)
+            with selected():
+                if val is not None and len(val):
+                    val_oa, val_loss = validate(val)
+                    record.update(val_loss=val_loss, val_accuracy=val_oa)
+                    stopping.update(epoch + 1, (val_oa, -val_loss), model)
+                else:
+                    stopping.keep_last(epoch + 1, model)
             record["seconds"] = round(time.perf_counter() - t0, 3)
             history.append(record)
             epoch += 1
@@ -216,7 +265,8 @@ def fit(
                     epoch, state_copy(model), optimizer.state_dict(),
                     scaler.state_dict() if use_scaler else {}, stopping.best_state,
                     stopping.best_epoch, stopping.best_score, stopping.bad_epochs, history,
-                    stopping.stopped)
+                    stopping.stopped, averager.copy() if averager else {},
+                    averager.steps if averager else 0)
                 save_checkpoint(checkpoint_path, checkpoint)
             fields = {"loss": record["train_loss"], "acc": record["train_accuracy"]}
             if "val_accuracy" in record:
@@ -224,7 +274,7 @@ def fit(
             bar.advance(1, **fields)
             if on_epoch is not None:
                 on_epoch(record)
-            if stop_after is not None and stop_after <= epoch < settings.epochs \
+            if stop_after is not None and stop_after <= epoch < epochs \
                     and not stopping.stopped:
                 ctx.barrier()  # no rank leaves before rank 0 has written the checkpoint
                 raise TrainingStopped(epoch)
@@ -238,4 +288,5 @@ def fit(
                      final_state)
 
 
-__all__ = ["EarlyStopping", "FitResult", "TrainingStopped", "fit", "state_copy"]
+__all__ = ["EarlyStopping", "FitResult", "TrainingStopped", "WeightAverage", "fit",
+           "state_copy"]

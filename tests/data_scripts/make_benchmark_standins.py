@@ -191,6 +191,35 @@ def berlin_ouc(root: Path, shape: Shape) -> None:
     _ouc(root, shape, "berlin", 244, 8, 60)
 
 
+def yellow_river_asyffnet(root: Path, shape: Shape) -> None:
+    """AsyFFNet's files (dataset "HHK"): cubes under "data", train/test masks."""
+    train, test = _split(_labels(shape, 5, 70))
+    _mat(root / "HHK" / "data_hsi.mat", data=_cube(shape, 166, "float64", 71))
+    _mat(root / "HHK" / "data_sar.mat", data=_cube(shape, 3, "float64", 72))
+    _mat(root / "HHK" / "mask_train.mat", mask_train=train)
+    _mat(root / "HHK" / "mask_test.mat", mask_test=test)
+
+
+def yellow_river_index(root: Path, shape: Shape) -> None:
+    """The repackaging with a full ground truth and (n, 2) pixel indexes."""
+    gt = _labels(shape, 5, 80)
+    train, test = _split(gt)
+    folder = root / "YellowRiverEstuary"
+    _mat(folder / "data_hsi.mat", data=_cube(shape, 166, "float32", 81))
+    _mat(folder / "data_sar.mat", data=_cube(shape, 3, "float32", 82))
+    _mat(folder / "data_gt.mat", data=gt)
+    _mat(folder / "data_index.mat", train_index=np.argwhere(train > 0).astype(np.int32),
+         test_index=np.argwhere(test > 0).astype(np.int32),
+         all_index=np.argwhere(gt > 0).astype(np.int32))
+
+
+def lcz_hk_mat(root: Path, shape: Shape) -> None:
+    """One variable per file (its name not fixed by the loader): MSI, SAR, 17-class labels."""
+    _mat(root / "data_MSI.mat", MSI=_cube(shape, 10, "float64", 91))
+    _mat(root / "data_SAR.mat", SAR=_cube(shape, 4, "float64", 92))
+    _mat(root / "label.mat", label=_labels(shape, 17, 93))
+
+
 # dataset -> form -> writer
 FORMS: dict[str, dict[str, Callable[[Path, Shape], None]]] = {
     "houston2013": {"mat": houston2013_mat, "dfc-tif": houston2013_dfc_tif,
@@ -199,6 +228,8 @@ FORMS: dict[str, dict[str, Callable[[Path, Shape], None]]] = {
     "muufl": {"campus": muufl_campus, "mat": muufl_mat, "tr-ts": muufl_tr_ts},
     "augsburg": {"s2fl": augsburg_s2fl, "ouc": augsburg_ouc},
     "berlin": {"s2fl": berlin_s2fl, "ouc": berlin_ouc},
+    "yellow-river": {"asyffnet": yellow_river_asyffnet, "index": yellow_river_index},
+    "lcz-hk": {"mat": lcz_hk_mat},
 }
 
 

@@ -28,7 +28,8 @@ BANDS = 8
 # A model small enough to train in seconds on a shared 2-core CPU.
 TINY_TRAIN = ["--epochs", "2", "--dim", "8", "--depth", "1", "--patch-size", "7",
               "--spectral-window", "3", "--pca", "4", "--batch-size", "16", "--warmup-epochs",
-              "0", "--split-block", "8", "--val-fraction", "0.25", "--device", "cpu"]
+              "0", "--split-block", "8", "--val-fraction", "0.25", "--min-steps", "0",
+              "--device", "cpu"]
 PREDICT_FAST = ["--device", "cpu", "--batch-size", "256"]
 CLI_TIMEOUT_S = 180
 WITHOUT_OSGEO = os.environ.get("S2FIN_TEST_WITHOUT_OSGEO") == "1"

@@ -52,7 +52,8 @@ LOGIT_ATOL = 1e-4
 
 TINY = ["--patch-size", "7", "--spectral-window", "3", "--pca", "3", "--dim", "8",
         "--epochs", str(EPOCHS), "--batch-size", str(PER_RANK_BATCH), "--warmup-epochs", "1",
-        "--patience", "5", "--split-block", "8", "--val-fraction", "0.25", "--device", "cpu",
+        "--patience", "5", "--split-block", "8", "--val-fraction", "0.25", "--min-steps", "0",
+        "--height-window", "5", "--device", "cpu",
         "--dropout", "0"]
 
 
@@ -199,7 +200,7 @@ def test_two_ranks_resume_stay_in_sync_and_only_rank_0_writes(ddp_run: dict[str,
 def test_two_ranks_match_one_process_with_the_same_effective_batch(
         data: dict[str, Path], ddp_run: dict[str, Any], tmp_path: Path) -> None:
     settings = TrainSettings(epochs=EPOCHS, batch_size=2 * PER_RANK_BATCH, warmup_epochs=1,
-                             patience=5, seed=0)
+                             patience=5, seed=0, min_steps=0)
     with torch_threads(1):
         single = run_training(tiny_request(data, tmp_path / "one.s2fin", dropout=0.0,
                                            settings=settings))

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from s2fin_cli.errors import ModelFileError
-from s2fin_cli.model_file import ModelBundle, load_model_file, save_model_file
+from s2fin_cli.model_file import FORMAT_VERSION, ModelBundle, load_model_file, save_model_file
 from tests.helpers import tiny_bundle, torch_threads, utm_grid, write_scene
 
 
@@ -103,7 +103,7 @@ def test_plain_safetensors_is_refused(tmp_path: Path) -> None:
 def test_newer_format_version_is_refused(saved: tuple[Path, ModelBundle],
                                          tmp_path: Path) -> None:
     meta, tensors = _raw(saved[0])
-    meta["format_version"] = "2"
+    meta["format_version"] = str(FORMAT_VERSION + 1)
     save_file(tensors, str(tmp_path / "new.s2fin"), metadata=meta)
     with pytest.raises(ModelFileError, match="newer"):
         load_model_file(tmp_path / "new.s2fin")

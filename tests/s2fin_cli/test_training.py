@@ -138,10 +138,10 @@ def test_resume_refuses_a_checkpoint_of_other_settings(data: dict[str, Path],
     out = tmp_path / "m.s2fin"
     with torch_threads(1), pytest.raises(TrainingStopped):
         run_training(tiny_request(data, out, stop_after=1, settings=TrainSettings(
-            epochs=2, batch_size=16, warmup_epochs=0, seed=0)))
+            epochs=2, batch_size=16, warmup_epochs=0, seed=0, min_steps=0)))
     with pytest.raises(ConfigError, match="settings"):
         run_training(tiny_request(data, out, resume=True, settings=TrainSettings(
-            epochs=2, batch_size=16, warmup_epochs=0, seed=1)))
+            epochs=2, batch_size=16, warmup_epochs=0, seed=1, min_steps=0)))
     checkpoint_path_for(out).write_bytes(b"not a checkpoint")
     with pytest.raises(ModelFileError):
         load_checkpoint(checkpoint_path_for(out))

@@ -30,7 +30,7 @@ runner = CliRunner()
 
 TINY = ["--patch-size", "7", "--spectral-window", "3", "--pca", "3", "--dim", "8",
         "--epochs", "2", "--batch-size", "16", "--warmup-epochs", "0", "--split-block", "8",
-        "--val-fraction", "0.25", "--device", "cpu"]
+        "--val-fraction", "0.25", "--min-steps", "0", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
