@@ -129,6 +129,12 @@ class ReferenceSamples:
     label_names: dict[int, str] = field(default_factory=dict)  # names the labels gave their ids
 
 
+def vector_label_field(path: str | Path, label_field: str | None) -> str | None:
+    """``--label-field`` as it applies to ``path`` when several label files are read together
+    (training sources, test labels): vector files only, since a raster has no fields."""
+    return label_field if Path(path).suffix.lower() in VECTOR_SUFFIXES else None
+
+
 def read_reference(path: str | os.PathLike[str], grid: Grid, target: ClassTable, *,
                    what: str, label_field: str | None = None,
                    exclude_unknown: bool | None = None) -> ReferenceSamples:
@@ -176,8 +182,7 @@ def merge_label_sources(paths: Sequence[str | os.PathLike[str]], grid: Grid, *,
     table: ClassTable | None = None
     parts: list[tuple[Path, LabelPoints]] = []
     for path in map(Path, paths):
-        field = label_field if path.suffix.lower() in VECTOR_SUFFIXES else None  # vectors only
-        with open_labels(path, grid, label_field=field) as source:
+        with open_labels(path, grid, label_field=vector_label_field(path, label_field)) as source:
             points = source.points()
             by_name = matches_by_name(source)
             source_table = source.class_table(points.classes)
@@ -246,4 +251,5 @@ __all__ = [
     "merge_label_sources",
     "read_reference",
     "settle_unknown",
+    "vector_label_field",
 ]

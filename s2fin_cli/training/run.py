@@ -50,7 +50,7 @@ from s2fin_cli.model_file import (
 )
 from s2fin_cli.patches import PatchGeometry
 from s2fin_cli.preprocessing import Preprocessor, fit_preprocessor
-from s2fin_cli.reference import merge_label_sources, read_reference
+from s2fin_cli.reference import merge_label_sources, read_reference, vector_label_field
 from s2fin_cli.sampling import (
     DEFAULT_SPLIT_BLOCK,
     Protocol,
@@ -357,8 +357,10 @@ def _read_test_labels(request: TrainRequest, scene: Scene, classes: ClassTable,
     """The test labels on the scene grid, their classes matched to the training classes by
     the rule of :mod:`s2fin_cli.reference` (unknown classes are a label error)."""
     assert request.test_labels is not None
+    # --label-field names the field of the training vectors; a raster test file has none.
+    field = vector_label_field(request.test_labels, request.label_field)
     test = read_reference(request.test_labels, scene.grid, classes, what="model",
-                          label_field=request.label_field).samples.sorted()
+                          label_field=field).samples.sorted()
     overlap = pixel_overlap(test, training)
     if overlap:
         console.warn(f"{overlap} test pixel(s) are also training labels: the test is not "

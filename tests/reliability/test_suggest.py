@@ -126,10 +126,6 @@ def test_filled_in_suggestions_train_with_the_original_labels(tiny: TinyData, tm
     assert_nothing_new(before, out_dir)
 
 
-@pytest.mark.xfail(strict=True, reason="training/run.py: _read_test_labels passes --label-field "
-                   "to raster test labels (exit 3); merge_label_sources applies it to vector "
-                   "files only. The fix is outside this issue's files (training/ is another "
-                   "change's); without --label-field the loop works ('label' is a default field)")
 def test_label_field_with_raster_test_labels(tiny: TinyData, out_dir: Path) -> None:
     out = out_dir / "next.gpkg"
     assert_ok(run_cli(["suggest", tiny.scene, "-m", tiny.model, "-n", "3", "-o", out, *FAST]))

@@ -12,7 +12,7 @@ from s2fin_cli.classes import ClassTable
 from s2fin_cli.errors import LabelError
 from s2fin_cli.io.grid import Grid
 from s2fin_cli.io.writer import write_raster
-from s2fin_cli.reference import merge_label_sources
+from s2fin_cli.reference import merge_label_sources, vector_label_field
 from tests.helpers import utm_grid
 
 GRID = utm_grid(12, 10)
@@ -69,3 +69,10 @@ def test_a_file_without_labels_on_the_grid_is_refused(tmp_path: Path) -> None:
     elsewhere = _points(tmp_path / "far.geojson", far, {(1, 1): 1})
     with pytest.raises(LabelError, match=r"far\.geojson has no labelled pixel"):
         merge_label_sources([base, elsewhere], GRID, label_field="label")
+
+
+def test_label_field_applies_to_vector_files_only() -> None:
+    assert vector_label_field(Path("next.gpkg"), "label") == "label"
+    assert vector_label_field("points.GeoJSON", "label") == "label"
+    assert vector_label_field(Path("test_labels.tif"), "label") is None
+    assert vector_label_field(Path("next.gpkg"), None) is None
