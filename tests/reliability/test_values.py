@@ -85,7 +85,9 @@ def test_nan_and_inf_are_invalid_values(tmp_path: Path) -> None:
                                atol=1e-5)
     np.testing.assert_allclose(pre.optical_std, np.nanstd(finite, axis=1), rtol=1e-4)
     aux_finite = np.where(np.isfinite(aux), aux, np.nan).reshape(1, -1)
-    np.testing.assert_allclose(pre.aux_mean, np.nanmean(aux_finite, axis=1), rtol=1e-5)
+    # The raw LiDAR band first; the channels derived from it (height above ground) follow.
+    assert pre.raw_aux_bands == 1
+    np.testing.assert_allclose(pre.aux_mean[:1], np.nanmean(aux_finite, axis=1), rtol=1e-5)
     assert all(bool(v.isfinite().all()) for v in pre.tensors().values())
 
     out = tmp_path / "dirty.classes.tif"

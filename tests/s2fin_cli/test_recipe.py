@@ -276,7 +276,8 @@ def test_parse_stem_norm() -> None:
 def test_min_steps_is_a_floor_that_does_not_shrink_with_the_labels() -> None:
     settings = TrainSettings(epochs=2, min_steps=10)
     assert settings.epochs_for(3) == 4 and settings.epochs_for(10) == 2
-    assert TrainSettings(epochs=5).epochs_for(1) == 5
+    assert TrainSettings(epochs=5, min_steps=0).epochs_for(1) == 5  # 0: epochs only
+    assert TrainSettings(epochs=5).epochs_for(1) == TrainSettings().min_steps  # the default floor
     with pytest.raises(ConfigError):
         TrainSettings(min_steps=-1).validate()
 
