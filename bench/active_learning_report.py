@@ -8,12 +8,45 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from s2fin_cli.sampling import AUTO_VAL_MIN_PER_CLASS
+
 STRATEGY_NAMES = ("suggest", "random", "uncertainty")
 _LABELS = {"suggest": "s2fin suggest", "random": "random",
            "uncertainty": "uncertainty alone"}
 _COLOURS = {"suggest": "#d62728", "random": "#7f7f7f", "uncertainty": "#1f77b4"}
 TARGET_SAVING = 0.30  # the issue's bar: at least 30 % fewer labels than random's final count
 
+
+
+# The recipe as a run's JSON recorded it; runs from before a field existed lack it.
+def _schedule(train: dict[str, Any]) -> str:
+    if train.get("min_steps"):
+        return f"max({train['epochs']} epochs, {train['min_steps']} optimiser steps)"
+    return f"{train['epochs']} epochs at most"
+
+
+def _radiometric(train: dict[str, Any]) -> str:
+    if not (train.get("gain_jitter") or train.get("spectral_noise")):
+        return ""
+    return (f", gain jitter ±{train.get('gain_jitter', 0):g} and noise "
+            f"{train.get('spectral_noise', 0):g}")
+
+
+def _validation(train: dict[str, Any]) -> str:
+    if "min_steps" not in train:  # before the auto rule: always a blocked split
+        return (f"a blocked split of the labels, early stopping (patience {train['patience']})")
+    return (f"none while some class has fewer than {AUTO_VAL_MIN_PER_CLASS} labels (every "
+            "label trains for the schedule), else a blocked split with early stopping "
+            f"(patience {train['patience']})")
+
+
+def _inputs(net: dict[str, Any]) -> str:
+    parts = []
+    if "optical_stem_norm" in net:
+        parts.append(f"stem normalisation {net['optical_stem_norm']}/{net['active_stem_norm']}")
+    if net.get("height_window"):
+        parts.append(f"height above ground over {net['height_window']} px (LiDAR scenes)")
+    return "".join(f", {p}" for p in parts)
 
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
@@ -89,10 +122,9 @@ def noise(results: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> lis
     fall, title, name, a, b = worst
     return [f"**Noise.** Every strategy only gains labels from round to round, yet OA falls by "
             f"up to {100 * fall:.1f} points between consecutive rounds ({_LABELS[name]} on "
-            f"{title}, from {a:.0f} to {b:.0f} labels): with one seed and the default recipe's "
-            "early stopping on a validation split of a fifth of these few labels, differences "
-            "of that size between strategies are within the training's noise. The mean OA over "
-            "the added rounds (below) is steadier than any single round."]
+            f"{title}, from {a:.0f} to {b:.0f} labels): with one seed and so few labels, "
+            "differences of that size between strategies are within the training's noise. The "
+            "mean OA over the added rounds (below) is steadier than any single round."]
 
 
 def mean_table(results: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> list[str]:
@@ -211,21 +243,21 @@ def render(results: list[dict[str, Any]], summaries: list[dict[str, Any]],
         "**random** (uniform over the candidates) and **uncertainty alone** (the n most "
         "uncertain, no spacing or diversity).",
         "* Training: `s2fin_cli.training.run_training` with `s2fin train`'s defaults as they "
-        f"were when this ran: {train['epochs']} epochs at most, batch {train['batch_size']}, lr "
+        f"were when this ran: {_schedule(train)}, batch {train['batch_size']}, lr "
         f"{train['lr']:g}, weight decay {train['weight_decay']:g}, warm-up "
-        f"{train['warmup_epochs']}, patience {train['patience']} (early stopping on the blocked "
-        f"validation split of the labels), label smoothing {train['label_smoothing']:g}, "
-        f"augmentation {train['augment']}, seed {train['seed']}; network patch "
+        f"{train['warmup_epochs']}, label smoothing {train['label_smoothing']:g}, "
+        f"augmentation {train['augment']}{_radiometric(train)}, seed {train['seed']}; "
+        f"validation: {_validation(train)}; network patch "
         f"{net['patch_size']}, spectral window {net['spectral_window']}, PCA {net['pca']}, dim "
-        f"{net['dim']}, depth {net['depth']}, dropout {net['dropout']:g}.",
+        f"{net['dim']}, depth {net['depth']}, dropout {net['dropout']:g}{_inputs(net)}.",
         f"* Test: a fixed subsample of about {args.test_cap} test pixels per scene (at least "
         "min(count, 100) per class), the same for every strategy and round: the test labels "
         "of a generated scene, the test half of the label map of a real scene (cells of "
         f"{args.test_block} px); no label is taken within the patch radius of a test pixel.",
     ]
     if meta.get("rendered_from"):
-        lines.append("* This page was rebuilt from that run's JSON (`--from-json`) after the "
-                     "report gained its noise and mean-OA summaries; every number is the run's.")
+        lines.append("* This page was rebuilt from that run's JSON (`--from-json`); every "
+                     "number is the run's.")
     if args.epochs is not None:
         lines.append(f"* **Smoke run: epochs overridden to {args.epochs}**, not `s2fin train`'s "
                      "defaults; these numbers say nothing about active learning.")
