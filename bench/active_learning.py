@@ -37,9 +37,7 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,6 +59,7 @@ from bench.accuracy.scenes import (  # noqa: E402
     BenchScene,
     build_scene,
 )
+from bench.provenance import git_revision, machine  # noqa: E402
 from s2fin_cli import console  # noqa: E402
 from s2fin_cli.classes import ClassTable  # noqa: E402
 from s2fin_cli.device import cpu_threads  # noqa: E402
@@ -328,28 +327,9 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import torch
 
-    return (f"{os.cpu_count()} CPU cores ({model}), {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}, "
-            f"numpy {np.__version__}")
-
-
-def _git() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                             capture_output=True, text=True, timeout=10, check=False)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    return machine({"torch": torch.__version__, "numpy": np.__version__})
 
 
 def _scenes(args: argparse.Namespace) -> tuple[list[str], list[str]]:
@@ -391,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     started = _dt.datetime.now(_dt.timezone.utc)
     load0 = os.getloadavg()[0]
-    git = _git()  # the code that runs, before anyone commits during the run
+    git = git_revision()  # the code that runs, before anyone commits during the run
     t0 = time.perf_counter()
     _log(f"scenes {', '.join(keys)}" + (f" (skipped, no data: {', '.join(skipped)})"
                                          if skipped else "") + f"; {args.jobs} job(s)")

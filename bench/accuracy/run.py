@@ -16,9 +16,7 @@ import datetime as _dt
 import json
 import multiprocessing
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +50,7 @@ from bench.accuracy.scenes import (
     build_scene,
     dataset_scene,
 )
+from bench.provenance import git_revision, machine
 from s2fin_cli import console
 from s2fin_cli.classes import ClassTable
 from s2fin_cli.io.grid import Grid
@@ -149,28 +148,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import sklearn
 
-    return (f"{os.cpu_count()} CPU cores ({model}), {platform.system()} "
-            f"{platform.release()}, Python {platform.python_version()}, torch {torch.__version__}"
-            f", numpy {np.__version__}, scikit-learn {sklearn.__version__}")
-
-
-def _git() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    return machine({"torch": torch.__version__, "numpy": np.__version__,
+                    "scikit-learn": sklearn.__version__})
 
 
 def _log(text: str) -> None:
@@ -484,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python3 -m bench.accuracy" + (" " + shlex.join(argv) if argv else ""),
         "quick": args.quick, "ns": ns, "changed": bool(args.recipe_changes),
         "finished": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "wall_minutes": wall / 60, "git": _git(), "machine": _machine(),
+        "wall_minutes": wall / 60, "git": git_revision(), "machine": _machine(),
         "threads_note": (f"{args.jobs} S²Fin run(s) at a time, torch and BLAS limited to "
                          f"{args.threads} thread(s) per run; 1-minute load average "
                          f"{load_start[0]:.1f} at the start and {load_end[0]:.1f} at the end "
