@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from s2fin_cli.inference import DEFAULT_BATCH_SIZE, DEFAULT_CPU_BATCH_SIZE
+
 Overwrite = Annotated[
     bool, typer.Option("--overwrite", help="Replace existing outputs (refused otherwise).")
 ]
@@ -70,4 +72,15 @@ SkipValueCheck = Annotated[
     bool,
     typer.Option("--skip-value-check", help="Classify even when the scene's values do not look "
                  "like the training data's (another scale or unit): a warning instead of exit 7."),
+]
+# The network-side options of the commands that run a model over a scene (predict, suggest).
+InferenceBatchSize = Annotated[
+    int | None,
+    typer.Option("--batch-size", min=1, show_default=False,
+                 help=f"Patches per forward pass (default: {DEFAULT_BATCH_SIZE} on CUDA, "
+                 f"{DEFAULT_CPU_BATCH_SIZE} on the CPU)."),
+]
+BlockSize = Annotated[
+    int, typer.Option("--block-size", min=1, help="Side of the blocks read at a time (memory "
+                      "follows it).")
 ]

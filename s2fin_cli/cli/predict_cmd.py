@@ -18,11 +18,13 @@ from s2fin_cli.cli.helpers import expand_paths
 from s2fin_cli.cli.options import (
     AuxBands,
     Bf16,
+    BlockSize,
     Cog,
     Compile,
     CreationOptions,
     Device,
     HsiPath,
+    InferenceBatchSize,
     JsonOutput,
     LidarPath,
     Overwrite,
@@ -31,7 +33,7 @@ from s2fin_cli.cli.options import (
     Threads,
 )
 from s2fin_cli.device import cpu_threads, select_device
-from s2fin_cli.inference import DEFAULT_BATCH_SIZE, DEFAULT_CPU_BATCH_SIZE, PREDICT_BLOCK_SIZE
+from s2fin_cli.inference import PREDICT_BLOCK_SIZE
 from s2fin_cli.io.writer import parse_creation_options
 from s2fin_cli.model_file import DEFAULT_MODEL_PATH, load_model_file
 from s2fin_cli.prediction import (
@@ -86,16 +88,8 @@ def predict(
     overwrite: Overwrite = False,
     device: Device = "auto",
     threads: Threads = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option("--batch-size", min=1, show_default=False,
-                     help=f"Patches per forward pass (default: {DEFAULT_BATCH_SIZE} on CUDA, "
-                     f"{DEFAULT_CPU_BATCH_SIZE} on the CPU)."),
-    ] = None,
-    block_size: Annotated[
-        int, typer.Option("--block-size", min=1, help="Side of the blocks read, classified and "
-                          "written at a time (memory follows it).")
-    ] = PREDICT_BLOCK_SIZE,
+    batch_size: InferenceBatchSize = None,
+    block_size: BlockSize = PREDICT_BLOCK_SIZE,
     shard_option: Annotated[
         str | None,
         typer.Option("--shard", metavar="I/N", show_default=False,

@@ -17,8 +17,10 @@ from s2fin_cli import console
 from s2fin_cli.acquisition import ACQUISITIONS, DEFAULT_POOL_FACTOR
 from s2fin_cli.cli.options import (
     AuxBands,
+    BlockSize,
     Device,
     HsiPath,
+    InferenceBatchSize,
     JsonOutput,
     LabelField,
     LidarPath,
@@ -29,7 +31,7 @@ from s2fin_cli.cli.options import (
     Threads,
 )
 from s2fin_cli.errors import ConfigError
-from s2fin_cli.inference import DEFAULT_BATCH_SIZE, DEFAULT_CPU_BATCH_SIZE, PREDICT_BLOCK_SIZE
+from s2fin_cli.inference import PREDICT_BLOCK_SIZE
 from s2fin_cli.model_file import DEFAULT_MODEL_PATH
 from s2fin_cli.suggestion import DEFAULT_MAX_CANDIDATES, SuggestRequest, run_suggest
 
@@ -79,16 +81,8 @@ def suggest(
     overwrite: Overwrite = False,
     device: Device = "auto",
     threads: Threads = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option("--batch-size", min=1, show_default=False,
-                     help=f"Patches per forward pass (default: {DEFAULT_BATCH_SIZE} on CUDA, "
-                     f"{DEFAULT_CPU_BATCH_SIZE} on the CPU)."),
-    ] = None,
-    block_size: Annotated[
-        int, typer.Option("--block-size", min=1, help="Side of the blocks read at a time "
-                          "(memory follows it).")
-    ] = PREDICT_BLOCK_SIZE,
+    batch_size: InferenceBatchSize = None,
+    block_size: BlockSize = PREDICT_BLOCK_SIZE,
     skip_value_check: SkipValueCheck = False,
     json_output: JsonOutput = False,
 ) -> None:
