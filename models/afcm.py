@@ -27,32 +27,25 @@ import torch
 from torch import Tensor, nn
 
 from .spectral_ops import (
+    RealDFT2Matrices,
     autocast_disabled,
     map_tokens,
     radial_frequency,
-    real_dft2_matrices,
     tokens_map,
 )
 
 
 class AFCM(nn.Module):
     dense_dft: bool  # low-pass as one matrix product (True) or as an FFT round trip
-    dft_forward: Tensor  # non-persistent buffers (with ``size``): the DFT matrices
-    dft_inverse: Tensor
 
     def __init__(
         self, dim: int, radius_init: float, temperature: float, size: int | None = None
     ) -> None:
-        """``size``: the side of the maps, when known, to keep the DFT matrices as
-        (non-persistent) buffers: they follow .to(device) and are graph inputs under
-        torch.compile. Other sizes use ``real_dft2_matrices``' cache."""
+        """``size``: the side of the maps, when known, to keep the DFT matrices as buffers
+        (:class:`~models.spectral_ops.RealDFT2Matrices`)."""
         super().__init__()
         self.dense_dft = True
-        self.size = size
-        if size is not None:
-            forward, inverse = real_dft2_matrices(size, size, torch.device("cpu"))
-            self.register_buffer("dft_forward", forward.clone(), persistent=False)
-            self.register_buffer("dft_inverse", inverse.clone(), persistent=False)
+        self.dft = RealDFT2Matrices(size)
         self.temperature = temperature
         self.radius_logit = nn.Parameter(torch.tensor(math.log(radius_init / (1 - radius_init))))
         self.high_optical = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
@@ -70,10 +63,7 @@ class AFCM(nn.Module):
 
     def low_operator(self, h: int, w: int, device: torch.device) -> Tensor:
         """The low-pass as a real [h*w, h*w] matrix on row-major pixels: irfft2(rfft2(.) * mask)."""
-        if self.size is not None and h == w == self.size:
-            forward, inverse = self.dft_forward.float(), self.dft_inverse.float()
-        else:
-            forward, inverse = real_dft2_matrices(h, w, device)
+        forward, inverse = self.dft.matrices(h, w, device)
         mask = self.low_mask(h, w, device).reshape(-1)
         return inverse @ (torch.cat([mask, mask])[:, None] * forward)
 

@@ -27,19 +27,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .spectral_ops import (
+    RealDFT2Matrices,
     autocast_disabled,
     map_tokens,
     phase_similarity,
     radial_frequency,
-    real_dft2_matrices,
     tokens_map,
 )
 
 
 class HFRM(nn.Module):
     dense_dft: bool  # DFTs as matrix products (True) or torch.fft (False)
-    dft_forward: Tensor  # non-persistent buffers (with ``size``), see AFCM
-    dft_inverse: Tensor
 
     def __init__(
         self,
@@ -54,11 +52,7 @@ class HFRM(nn.Module):
     ) -> None:
         super().__init__()
         self.dense_dft = True
-        self.size = size
-        if size is not None:
-            forward, inverse = real_dft2_matrices(size, size, torch.device("cpu"))
-            self.register_buffer("dft_forward", forward.clone(), persistent=False)
-            self.register_buffer("dft_inverse", inverse.clone(), persistent=False)
+        self.dft = RealDFT2Matrices(size)  # the DFT matrices of size x size maps, as buffers
         self.temperature = temperature
         self.eps = eps
         self.radius_logit = nn.Parameter(torch.tensor(math.log(radius_init / (1 - radius_init))))
@@ -104,10 +98,7 @@ class HFRM(nn.Module):
         """The same computation with the DFTs as matrix products on [B, pixels, C] tokens."""
         b, c, h, w = optical.shape
         with autocast_disabled(optical.device.type):
-            if self.size is not None and h == w == self.size:
-                forward, inverse = self.dft_forward.float(), self.dft_inverse.float()
-            else:
-                forward, inverse = real_dft2_matrices(h, w, optical.device)
+            forward, inverse = self.dft.matrices(h, w, optical.device)
             bins = forward.shape[0] // 2
             p = torch.matmul(forward, map_tokens(optical.float())).view(b, 2, bins, c)
             a = torch.matmul(forward, map_tokens(active.float())).view(b, 2, bins, c)

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 # Built once per size and device. A race between threads only builds the same matrices twice.
 _DFT_MATRICES: dict[tuple[int, int, str], tuple[Tensor, Tensor]] = {}
@@ -136,3 +136,27 @@ def tokens_map(t: Tensor, h: int, w: int) -> Tensor:
     """[B, H*W, C] pixel tokens -> [B, C, H, W] maps (a channels-last view of contiguous t)."""
     b, _, c = t.shape
     return t.reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+
+class RealDFT2Matrices(nn.Module):
+    """:func:`real_dft2_matrices` of one known map side, held as non-persistent buffers: they
+    follow ``.to(device)``, are graph inputs under torch.compile and stay out of the state dict.
+    Other sizes (or ``size=None``) come from the function's cache. Shared by AFCM and HFRM."""
+
+    forward_matrix: Tensor
+    inverse_matrix: Tensor
+
+    def __init__(self, size: int | None) -> None:
+        super().__init__()
+        self.size = size
+        if size is not None:
+            forward, inverse = real_dft2_matrices(size, size, torch.device("cpu"))
+            self.register_buffer("forward_matrix", forward.clone(), persistent=False)
+            self.register_buffer("inverse_matrix", inverse.clone(), persistent=False)
+
+    def matrices(self, h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(forward [2K, h*w], inverse [h*w, 2K]) in float32, as :func:`real_dft2_matrices`."""
+        if self.size is not None and h == w == self.size:
+            return self.forward_matrix.float(), self.inverse_matrix.float()
+        return real_dft2_matrices(h, w, device)
+
