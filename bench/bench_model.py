@@ -18,18 +18,15 @@ import argparse
 import dataclasses
 import os
 import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import AFCM, HFRM, S2Fin, S2FinConfig, parameter_table
+from bench.measure import median_seconds, peak_matmul_flops, reference_flops_per_sample
+from models import S2Fin, S2FinConfig, parameter_table
 
 HOUSTON = S2FinConfig(bands=144, reduced_bands=30, active_bands=1, num_classes=15, patch_size=11)
 VARIANTS: list[tuple[str, dict[str, bool]]] = [
@@ -40,49 +37,6 @@ VARIANTS: list[tuple[str, dict[str, bool]]] = [
     ("no HFRM", {"use_hfrm": False}),
     ("no long-range", {"use_long_range": False}),
 ]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
-    """Median wall time of ``fn`` in seconds."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def peak_matmul_flops(device: torch.device, size: int, repeats: int) -> float:
-    """FLOP/s of a large square float32 matmul (the practical peak of this device)."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    seconds = _time(lambda: a @ b, device, repeats, warmup=1)
-    return 2.0 * size**3 / seconds
-
-
-def flops_per_patch(model: S2Fin, inputs: tuple[torch.Tensor, ...]) -> float:
-    """FLOPs per patch with AFCM/HFRM in their FFT form: their DFT matrix products (the fast
-    CPU form) are not counted, like the FFTs, so the count stays the network's own work."""
-    blocks = [m for m in model.modules() if isinstance(m, AFCM | HFRM)]
-    for m in blocks:
-        m.dense_dft = False
-    try:
-        counter = FlopCounterMode(display=False)
-        with torch.inference_mode(), counter:
-            model(*inputs)
-    finally:
-        for m in blocks:
-            m.dense_dft = True
-    return counter.get_total_flops() / inputs[0].shape[0]
 
 
 def main() -> None:
@@ -112,7 +66,7 @@ def main() -> None:
     )
     if device.type == "cpu" and hasattr(os, "getloadavg"):
         print("load average before run: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
-    peak = peak_matmul_flops(device, args.matmul_size, args.repeats)
+    peak = peak_matmul_flops(device, args.repeats, args.matmul_size)
     print(f"peak float32 matmul ({args.matmul_size}x{args.matmul_size}): {peak / 1e9:.1f} GFLOP/s")
     print(
         f"config: bands={cfg.bands} reduced={cfg.reduced_bands} active={cfg.active_bands} "
@@ -124,13 +78,13 @@ def main() -> None:
     for name, switches in VARIANTS:
         model = S2Fin(dataclasses.replace(cfg, **switches)).to(device).eval()
         params = dict(parameter_table(model))["total"]
-        flops = flops_per_patch(model, inputs)
+        flops = reference_flops_per_sample(model, inputs)
 
         def run(model: S2Fin = model) -> object:
             with torch.inference_mode():
                 return model(*inputs)
 
-        seconds = _time(run, device, args.repeats, args.warmup)
+        seconds = median_seconds(run, device, args.repeats, args.warmup)
         rate = b / seconds
         achieved = flops * rate
         print(

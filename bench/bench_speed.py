@@ -32,12 +32,10 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +53,13 @@ from s2fin_cli.acceleration import (  # noqa: E402 - before torch: OpenMP waits 
 configure_openmp()
 
 import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from models import AFCM, HFRM, S2Fin  # noqa: E402
+from bench.measure import (  # noqa: E402
+    median_seconds,
+    peak_matmul_flops,
+    reference_flops_per_sample,
+)
+from models import S2Fin  # noqa: E402
 from s2fin_cli.inference import DEFAULT_BATCH_SIZE, DEFAULT_CPU_BATCH_SIZE  # noqa: E402
 from s2fin_cli.model_file import load_model_file  # noqa: E402
 from s2fin_cli.training import TrainSettings  # noqa: E402
@@ -78,47 +80,11 @@ def _cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.Compl
     return result
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int,
-                    warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def peak_flops(device: torch.device, repeats: int, size: int = 2048) -> float:
+def peak_flops(device: torch.device, repeats: int) -> float:
     """All-core float32 matmul FLOP/s (TF32 off on CUDA)."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    return 2.0 * size**3 / _median_seconds(lambda: a @ b, device, repeats)
-
-
-def reference_flops_per_pixel(model: S2Fin, inputs: tuple[torch.Tensor, ...]) -> float:
-    """FLOPs per pixel with AFCM/HFRM in their FFT form (DFTs not counted)."""
-    blocks = [m for m in model.modules() if isinstance(m, AFCM | HFRM)]
-    for m in blocks:
-        m.dense_dft = False
-    try:
-        counter = FlopCounterMode(display=False)
-        with torch.inference_mode(), counter:
-            model(*inputs)
-    finally:
-        for m in blocks:
-            m.dense_dft = True
-    return counter.get_total_flops() / inputs[0].shape[0]
+    return peak_matmul_flops(device, repeats)
 
 
 def random_inputs(model: S2Fin, batch: int, device: torch.device,
@@ -137,7 +103,7 @@ def forward_rate(model: Any, inputs: tuple[torch.Tensor, ...], device: torch.dev
         with torch.inference_mode():
             return model(*inputs)
 
-    return inputs[0].shape[0] / _median_seconds(run, device, repeats)
+    return inputs[0].shape[0] / median_seconds(run, device, repeats)
 
 
 def train_rate(model: S2Fin, device: torch.device, repeats: int) -> float:
@@ -159,7 +125,7 @@ def train_rate(model: S2Fin, device: torch.device, repeats: int) -> float:
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimiser.step()
 
-    return 1.0 / _median_seconds(step, device, repeats, warmup=2)
+    return 1.0 / median_seconds(step, device, repeats, warmup=2)
 
 
 def make_scene(work: Path, size: int) -> Path:
@@ -188,7 +154,7 @@ def measure_network(name: str, scene: Path, work: Path, device: torch.device,
     model = bundle.build_model(device)
     batch = DEFAULT_BATCH_SIZE if device.type == "cuda" else DEFAULT_CPU_BATCH_SIZE
     inputs = random_inputs(model, batch, device)
-    flops = reference_flops_per_pixel(model, inputs)
+    flops = reference_flops_per_sample(model, inputs)
     row: dict[str, Any] = {
         "network": name, "params": sum(p.numel() for p in model.parameters()),
         "mflop_per_px": flops / 1e6, "predict_px_s": predict_rate,
