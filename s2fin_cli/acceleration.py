@@ -156,13 +156,19 @@ def cpu_bf16_support() -> CpuBf16:
     return CpuBf16(native, capability, tuple(sorted(found)))
 
 
+def switch_mode(mode: str, what: str) -> str:
+    """An auto/on/off switch (``--compile``, ``--bf16``), normalised; ValueError otherwise."""
+    text = mode.strip().lower()
+    if text not in ("auto", "on", "off"):
+        raise ValueError(f"{what} mode must be auto, on or off, got {mode!r}")
+    return text
+
+
 def resolve_cpu_bf16(mode: str) -> bool:
     """``--bf16`` on the CPU: ``on``/``off``, or ``auto`` = on only where the CPU computes
     bfloat16 natively (there the class maps agreed with float32 on >= 99.5 % of pixels, see
     docs/network.md)."""
-    text = mode.strip().lower()
-    if text not in ("auto", "on", "off"):
-        raise ValueError(f"bf16 mode must be auto, on or off, got {mode!r}")
+    text = switch_mode(mode, "bf16")
     if text == "auto":
         return cpu_bf16_support().native
     return text == "on"
@@ -306,9 +312,7 @@ def maybe_compile(model: torch.nn.Module, device: torch.device, mode: str = "aut
     """
     import torch
 
-    text = mode.strip().lower()
-    if text not in ("auto", "on", "off"):
-        raise ValueError(f"compile mode must be auto, on or off, got {mode!r}")
+    text = switch_mode(mode, "compile")
     if text == "off":
         return CompileDecision(model, False, "compile off")
     if text == "auto":

@@ -28,7 +28,12 @@ import rasterio
 import torch
 
 from s2fin_cli import __version__, console
-from s2fin_cli.acceleration import MIN_COMPILE_PIXELS, maybe_compile, resolve_cpu_bf16
+from s2fin_cli.acceleration import (
+    MIN_COMPILE_PIXELS,
+    maybe_compile,
+    resolve_cpu_bf16,
+    switch_mode,
+)
 from s2fin_cli.errors import ConfigError, S2finError
 from s2fin_cli.hashing import file_sha256
 from s2fin_cli.inference import (
@@ -242,8 +247,10 @@ class RunOptions:
 def check_modes(compile_mode: str, bf16_mode: str) -> None:
     """``--compile`` and ``--bf16`` take auto, on or off (9 otherwise), before any work."""
     for option, value in (("--compile", compile_mode), ("--bf16", bf16_mode)):
-        if value.strip().lower() not in ("auto", "on", "off"):
-            raise ConfigError(f"{option} {value!r} is not one of auto, on, off")
+        try:
+            switch_mode(value, option)
+        except ValueError:
+            raise ConfigError(f"{option} {value!r} is not one of auto, on, off") from None
 
 
 def _prepared_model(jobs: list[Job], bundle: ModelBundle, options: RunOptions,
@@ -252,7 +259,7 @@ def _prepared_model(jobs: list[Job], bundle: ModelBundle, options: RunOptions,
     every job's scene outweigh the compile time at the eager speed, timed on one batch)."""
     model = bundle.build_model(options.device)
     pixels = rate = None
-    if options.compile.strip().lower() == "auto":
+    if switch_mode(options.compile, "compile") == "auto":
         pixels = sum(_scene_pixels(job, options.aux_bands) for job in jobs)
         if options.shard is not None:
             pixels //= options.shard.count
