@@ -25,12 +25,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from s2fin_cli.acceleration import (  # noqa: E402 - before torch: OpenMP waits passively
-    configure_openmp,
+    configure_runtime,
     cpu_bf16_support,
     default_threads,
 )
 
-configure_openmp()
+configure_runtime()
 
 import torch  # noqa: E402
 

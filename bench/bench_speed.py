@@ -22,6 +22,11 @@ bands + 2 LiDAR bands, 11 classes) with a model made by `s2fin train --epochs 1`
     python3 bench/bench_speed.py                          # CPU, 96 x 96 scene
     python3 bench/bench_speed.py --device cuda --size 512 --json out.json
     python3 bench/bench_speed.py --compile                # adds the compiled forward ceiling
+    python3 bench/bench_speed.py --compare-malloc         # also glibc's malloc defaults, ratios
+
+``--compare-malloc`` first runs the same measurements in a child process with S2FIN_MALLOC=system
+(glibc's own malloc thresholds, what s2fin ran with before it tuned them; the CLI subprocesses
+inherit the variable), then with s2fin's settings, and prints the ratios side by side.
 
 Timings on a shared machine vary with what else runs: the load average is printed.
 """
@@ -44,13 +49,14 @@ sys.path.insert(0, str(REPO))
 
 from s2fin_cli.acceleration import (  # noqa: E402 - before torch: OpenMP waits passively
     available_cpus,
-    configure_openmp,
+    configure_runtime,
     cpu_bf16_support,
     default_threads,
+    malloc_tuned,
     maybe_compile,
 )
 
-configure_openmp()
+configure_runtime()
 
 import torch  # noqa: E402
 
@@ -172,6 +178,39 @@ def measure_network(name: str, scene: Path, work: Path, device: torch.device,
     return row
 
 
+RATE_KEYS = (("predict_px_s", "predict px/s"), ("forward_px_s", "forward px/s"),
+             ("train_steps_s", "train step/s"))
+
+
+def system_malloc_run(argv: list[str]) -> dict[str, Any]:
+    """The same measurements in a child process with glibc's own malloc thresholds."""
+    child_args = [a for a in argv if a != "--compare-malloc"]
+    if "--json" in child_args:
+        at = child_args.index("--json")
+        del child_args[at : at + 2]
+    with tempfile.TemporaryDirectory(prefix="s2fin-bench-malloc-") as tmp:
+        out = Path(tmp) / "system.json"
+        env = dict(os.environ, S2FIN_MALLOC="system")
+        print("--- with glibc's malloc defaults (S2FIN_MALLOC=system) ---", flush=True)
+        subprocess.run([sys.executable, __file__, *child_args, "--json", str(out)], env=env,
+                       check=True)
+        print("--- with s2fin's malloc settings ---", flush=True)
+        baseline: dict[str, Any] = json.loads(out.read_text())
+        return baseline
+
+
+def print_malloc_ratios(baseline: dict[str, Any], tuned: dict[str, Any]) -> None:
+    print("\ns2fin's malloc settings against glibc's defaults (measured above, same script):")
+    print(f"{'network':<8} {'rate':<13} {'glibc':>9} {'s2fin':>9} {'ratio':>7}")
+    before = {r["network"]: r for r in baseline["networks"]}
+    for row in tuned["networks"]:
+        old = before.get(row["network"], {})
+        for key, label in RATE_KEYS:
+            if key in row and key in old:
+                print(f"{row['network']:<8} {label:<13} {old[key]:>9.1f} {row[key]:>9.1f} "
+                      f"{row[key] / old[key]:>6.2f}x")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -182,6 +221,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="also the compiled forward")
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--compare-malloc", action="store_true",
+                        help="first measure with glibc's malloc defaults (S2FIN_MALLOC=system)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--work-dir", type=Path, help="keep scene/models here (default: temp)")
     args = parser.parse_args(argv)
@@ -189,6 +230,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: CUDA is not available")
+    baseline = system_malloc_run(argv if argv is not None else sys.argv[1:]) \
+        if args.compare_malloc else None
     threads = args.threads or None
     # The peak uses every CPU this process may use, whatever --threads says.
     torch.set_num_threads(available_cpus())
@@ -201,6 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(), "cpus_allowed": available_cpus(),
         "threads": torch.get_num_threads(), "bf16": bf16.describe(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "-"),
+        "malloc_tuned": malloc_tuned(),
         "load_before": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     if device.type == "cuda":
@@ -235,8 +279,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "compiled_forward_px_s" in r:
             print(f"{'':<8} compiled forward {r['compiled_forward_px_s']:.1f} px/s "
                   f"({r['compiled_forward_util']:.1%}), compile {r['compile_seconds']:.1f} s")
-    result = {"environment": env, "peak_flops": peak, "peak_threads": peak_threads,
-              "networks": rows}
+    result: dict[str, Any] = {"environment": env, "peak_flops": peak,
+                              "peak_threads": peak_threads, "networks": rows}
+    if baseline is not None:
+        result["system_malloc"] = baseline
+        print_malloc_ratios(baseline, result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return result

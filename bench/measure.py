@@ -1,6 +1,6 @@
 """Timing and FLOP counting shared by the speed benchmarks (bench_model.py, bench_speed.py).
 
-Import after ``s2fin_cli.acceleration.configure_openmp()`` where that matters: this module
+Import after ``s2fin_cli.acceleration.configure_runtime()`` where that matters: this module
 loads torch."""
 
 from __future__ import annotations

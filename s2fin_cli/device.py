@@ -1,7 +1,8 @@
 """Device selection, mixed precision and CPU threads: CUDA when present, the CPU otherwise.
 
 Importing this module before torch makes torch's OpenMP threads wait passively
-(:func:`s2fin_cli.acceleration.configure_openmp`); the CLI also does so first thing.
+and keeps freed memory for reuse (:func:`s2fin_cli.acceleration.configure_runtime`); the CLI
+also does so first thing.
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from s2fin_cli.acceleration import configure_openmp, default_threads
+from s2fin_cli.acceleration import configure_runtime, default_threads
 
-configure_openmp()  # before torch loads its OpenMP runtime, when this is the first import of it
+configure_runtime()  # before torch loads its OpenMP runtime, when this is the first import of it
 
 import torch  # noqa: E402
 
