@@ -21,9 +21,10 @@ blocks above its mmap threshold with fresh mmap'd pages and returns freed heap t
 system, so each pass page-faults its working set in again: over the same ~20 passes of a
 profiling script, 600,000-890,000 minor faults and 584-674 px/s against ~100,000 faults and
 817-904 px/s with freed memory kept for reuse (in a virtual machine a fault is expensive).
-:func:`configure_allocator` raises both thresholds through ``mallopt`` (results unchanged; resident memory stays at the
-process's high-water mark instead of shrinking between batches, which is how predict's memory
-stays flat in scene size anyway). :func:`configure_runtime` does both settings.
+:func:`configure_allocator` raises both thresholds through ``mallopt`` (results unchanged;
+resident memory stays at the process's high-water mark instead of shrinking between batches;
+predict's high-water mark is what stays flat in scene size). :func:`configure_runtime` does
+both settings.
 
 torch.compile (:func:`maybe_compile`): inductor compiles the network into fused C++/Triton kernels
 once per process and shape; its artefacts go to a persistent cache (:func:`compile_cache_dir`,
