@@ -95,10 +95,14 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again() -> None:
     tuned = _malloc_probe()
     system = _malloc_probe(S2FIN_MALLOC="system")
     assert tuned["tuned"] is True and system["tuned"] is False
-    # glibc's defaults map and unmap a 48 MB block each time: ~12,000 page faults per block;
-    # kept in the heap, the block is reused without faulting.
-    assert isinstance(system["faults"], int) and system["faults"] > 10 * 10_000
-    assert isinstance(tuned["faults"], int) and tuned["faults"] < system["faults"] / 20
+    assert isinstance(system["faults"], int) and isinstance(tuned["faults"], int)
+    # glibc's defaults map and unmap a 48 MB block each time: ~12,000 4 KiB page faults per
+    # block; kept in the heap, the block is reused without faulting.
+    if system["faults"] < 10 * 1_000:
+        pytest.skip("fresh mappings fault in huge pages here (transparent huge pages 'always'): "
+                    f"{system['faults']} faults for 10 blocks, too few to compare")
+    assert system["faults"] > 10 * 10_000
+    assert tuned["faults"] < system["faults"] / 20
 
 
 def test_a_users_malloc_choice_is_respected() -> None:
