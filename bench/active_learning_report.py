@@ -106,9 +106,10 @@ def verdict(results: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> l
     return text
 
 
-def noise(results: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> list[str]:
-    """The largest fall of any strategy's OA from one round to the next: every strategy only
-    gains labels, so a fall is the training's own noise (one seed)."""
+def noise(results: list[dict[str, Any]], summaries: list[dict[str, Any]],
+          seeds: int) -> list[str]:
+    """The largest fall of any strategy's (seed-mean) OA from one round to the next: every
+    strategy only gains labels, so a fall is the training's own noise."""
     worst: tuple[float, str, str, float, float] | None = None
     for result, summary in zip(results, summaries, strict=True):
         for name in STRATEGY_NAMES:
@@ -122,9 +123,10 @@ def noise(results: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> lis
     fall, title, name, a, b = worst
     return [f"**Noise.** Every strategy only gains labels from round to round, yet OA falls by "
             f"up to {100 * fall:.1f} points between consecutive rounds ({_LABELS[name]} on "
-            f"{title}, from {a:.0f} to {b:.0f} labels): with one seed and so few labels, "
-            "differences of that size between strategies are within the training's noise. The "
-            "mean OA over the added rounds (below) is steadier than any single round."]
+            f"{title}, from {a:.0f} to {b:.0f} labels, mean of {seeds} seed(s)): with so few "
+            "labels, differences of that size between strategies are within the training's "
+            "noise. The mean OA over the added rounds (below) is steadier than any single "
+            "round."]
 
 
 def mean_table(results: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> list[str]:
@@ -246,7 +248,8 @@ def render(results: list[dict[str, Any]], summaries: list[dict[str, Any]],
         f"were when this ran: {_schedule(train)}, batch {train['batch_size']}, lr "
         f"{train['lr']:g}, weight decay {train['weight_decay']:g}, warm-up "
         f"{train['warmup_epochs']}, label smoothing {train['label_smoothing']:g}, "
-        f"augmentation {train['augment']}{_radiometric(train)}, seed {train['seed']}; "
+        f"augmentation {train['augment']}{_radiometric(train)}, training seed {train['seed']} "
+        "in every run (the benchmark's seeds vary the draw and the suggestions); "
         f"validation: {_validation(train)}; network patch "
         f"{net['patch_size']}, spectral window {net['spectral_window']}, PCA {net['pca']}, dim "
         f"{net['dim']}, depth {net['depth']}, dropout {net['dropout']:g}{_inputs(net)}.",
@@ -269,7 +272,7 @@ def render(results: list[dict[str, Any]], summaries: list[dict[str, Any]],
               "and how many fewer labels the measured count is than the random strategy's final "
               "count.", ""]
     lines += headline(results, summaries)
-    lines += ["", *verdict(results, summaries), "", *noise(results, summaries), "",
+    lines += ["", *verdict(results, summaries), "", *noise(results, summaries, args.seeds), "",
               "Mean OA % over the added rounds (rounds 1 to "
               f"{args.rounds}; the best of each scene in bold):", "",
               *mean_table(results, summaries), "",
