@@ -1,4 +1,5 @@
-"""OpenMP waiting, default threads, CPU bfloat16 detection and the torch.compile switch."""
+"""OpenMP waiting, malloc thresholds, default threads, CPU bfloat16 detection and the
+torch.compile switch."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,14 +40,20 @@ print(json.dumps({{"policy": os.environ.get("OMP_WAIT_POLICY"),
 """
 
 
-def _probe(before: str = "", **env: str) -> dict[str, object]:
-    skip = {*acceleration.WAIT_POLICY_VARS, "OMP_NUM_THREADS"}
-    clean = {k: v for k, v in os.environ.items() if k not in skip}
+def _run_probe(code: str, drop: Callable[[str], bool], env: dict[str, str]) -> dict[str, object]:
+    """Run ``code`` in a fresh interpreter without the environment variables ``drop`` selects
+    and with ``env`` added; its last line of output is JSON."""
+    clean = {k: v for k, v in os.environ.items() if not drop(k)}
     clean.update(env, PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, "-c", PROBE.format(before=before)], env=clean,
-                         capture_output=True, text=True, check=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], env=clean, capture_output=True, text=True,
+                         check=True, timeout=120)
     result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+def _probe(before: str = "", **env: str) -> dict[str, object]:
+    skip = {*acceleration.WAIT_POLICY_VARS, "OMP_NUM_THREADS"}
+    return _run_probe(PROBE.format(before=before), lambda k: k in skip, env)
 
 
 def test_openmp_waits_passively_when_configured_before_torch() -> None:
@@ -80,14 +88,8 @@ print(json.dumps({"tuned": a.malloc_tuned(), "faults": sum(faults[2:])}))
 
 
 def _malloc_probe(**env: str) -> dict[str, object]:
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "LD_PRELOAD",
-                                                          acceleration.MALLOC_SWITCH_VAR)}
-    clean.update(env, PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, "-c", MALLOC_PROBE], env=clean, capture_output=True,
-                         text=True, check=True, timeout=120)
-    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+    chooses = ("GLIBC_TUNABLES", "LD_PRELOAD", acceleration.MALLOC_SWITCH_VAR)
+    return _run_probe(MALLOC_PROBE, lambda k: k.startswith("MALLOC_") or k in chooses, env)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
