@@ -183,17 +183,16 @@ RATE_KEYS = (("predict_px_s", "predict px/s"), ("forward_px_s", "forward px/s"),
 
 
 def system_malloc_run(argv: list[str]) -> dict[str, Any]:
-    """The same measurements in a child process with glibc's own malloc thresholds."""
+    """The same measurements in a child process with glibc's own malloc thresholds, in a work
+    folder of its own (a shared --work-dir would make the second `s2fin synth` refuse)."""
     child_args = [a for a in argv if a != "--compare-malloc"]
-    if "--json" in child_args:
-        at = child_args.index("--json")
-        del child_args[at : at + 2]
     with tempfile.TemporaryDirectory(prefix="s2fin-bench-malloc-") as tmp:
         out = Path(tmp) / "system.json"
         env = dict(os.environ, S2FIN_MALLOC="system")
         print("--- with glibc's malloc defaults (S2FIN_MALLOC=system) ---", flush=True)
-        subprocess.run([sys.executable, __file__, *child_args, "--json", str(out)], env=env,
-                       check=True)
+        # argparse keeps the last value of an option: these override the user's --json/--work-dir
+        subprocess.run([sys.executable, __file__, *child_args, "--json", str(out),
+                        "--work-dir", str(Path(tmp) / "work")], env=env, check=True)
         print("--- with s2fin's malloc settings ---", flush=True)
         baseline: dict[str, Any] = json.loads(out.read_text())
         return baseline

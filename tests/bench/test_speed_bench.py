@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from bench.bench_speed import main
+from s2fin_cli.acceleration import malloc_choice_in_environment
 
 
 @pytest.mark.slow
@@ -26,3 +28,24 @@ def test_speed_bench_reports_predict_forward_and_training(tmp_path: Path) -> Non
     assert 5 < row["mflop_per_px"] < 50  # ~16.8 for 64 bands
     assert 0 < row["predict_util"] < 1 and result["peak_flops"] > 0
     assert json.loads((tmp_path / "speed.json").read_text())["networks"][0]["network"] == "default"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux") or
+                    malloc_choice_in_environment() is not None,
+                    reason="glibc malloc, with no malloc choice in the environment")
+def test_compare_malloc_measures_glibc_defaults_in_a_child_with_its_own_work_dir(
+    tmp_path: Path,
+) -> None:
+    threads = torch.get_num_threads()
+    try:
+        result = main(["--size", "48", "--networks", "default", "--repeats", "1", "--threads",
+                       "1", "--skip-train", "--compare-malloc", "--work-dir",
+                       str(tmp_path / "work"), "--json", str(tmp_path / "speed.json")])
+    finally:
+        torch.set_num_threads(threads)
+    baseline = result["system_malloc"]
+    assert baseline["environment"]["malloc_tuned"] is False
+    assert result["environment"]["malloc_tuned"] is True
+    assert baseline["networks"][0]["predict_pixels"] == result["networks"][0]["predict_pixels"]
+    assert "system_malloc" in json.loads((tmp_path / "speed.json").read_text())
