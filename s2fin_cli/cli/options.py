@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from s2fin_cli.inference import DEFAULT_BATCH_SIZE, DEFAULT_CPU_BATCH_SIZE
+from s2fin_cli.model_file import DEFAULT_MODEL_PATH
 
 Overwrite = Annotated[
     bool, typer.Option("--overwrite", help="Replace existing outputs (refused otherwise).")
@@ -45,6 +46,12 @@ Cog = Annotated[
 CreationOptions = Annotated[
     list[str] | None,
     typer.Option("--co", help="GDAL creation option KEY=VALUE for written rasters; repeatable."),
+]
+ModelPath = Annotated[
+    Path | None,
+    # No dir_okay=False: a directory gets s2fin's one-line input error (3), not a usage error.
+    typer.Option("--model", "-m", help=f"Model file (default: {DEFAULT_MODEL_PATH}).",
+                 show_default=False),
 ]
 HsiPath = Annotated[
     Path | None,

@@ -7,14 +7,13 @@ The command parses options and renders results; planning, checks and the run are
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from s2fin_cli import console
-from s2fin_cli.cli.helpers import expand_paths
+from s2fin_cli.cli.helpers import expand_paths, model_path_or_default
 from s2fin_cli.cli.options import (
     AuxBands,
     Bf16,
@@ -27,6 +26,7 @@ from s2fin_cli.cli.options import (
     InferenceBatchSize,
     JsonOutput,
     LidarPath,
+    ModelPath,
     Overwrite,
     SarPath,
     SkipValueCheck,
@@ -35,7 +35,7 @@ from s2fin_cli.cli.options import (
 from s2fin_cli.device import cpu_threads, select_device
 from s2fin_cli.inference import PREDICT_BLOCK_SIZE
 from s2fin_cli.io.writer import parse_creation_options
-from s2fin_cli.model_file import DEFAULT_MODEL_PATH, load_model_file
+from s2fin_cli.model_file import load_model_file
 from s2fin_cli.prediction import (
     OutputRequest,
     RunOptions,
@@ -57,12 +57,7 @@ def predict(
                        "with --aux-bands). Several, or glob patterns, for batch jobs.",
                        show_default=False, metavar="SCENE..."),
     ] = None,
-    model: Annotated[
-        Path | None,
-        # No dir_okay=False: a directory gets s2fin's one-line input error (3), not a usage error.
-        typer.Option("--model", "-m", help=f"Model file (default: {DEFAULT_MODEL_PATH}).",
-                     show_default=False),
-    ] = None,
+    model: ModelPath = None,
     output: Annotated[
         # A str keeps a trailing '/', which names a directory.
         str | None,
@@ -107,10 +102,7 @@ def predict(
     check_modes(compile_mode, bf16)
     scene_paths = expand_paths(list(scenes or []))
     shard = resolve_shard(shard_option)
-    model_path = model
-    if model_path is None:
-        model_path = DEFAULT_MODEL_PATH
-        console.note(f"using the default model {model_path} (pass -m to choose another)")
+    model_path = model_path_or_default(model)
     bundle = load_model_file(model_path)
     request = OutputRequest(output, probabilities, confidence, cog=cog,
                             creation_options=parse_creation_options(co or []),

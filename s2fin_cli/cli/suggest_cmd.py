@@ -15,6 +15,7 @@ from rich.table import Table
 
 from s2fin_cli import console
 from s2fin_cli.acquisition import ACQUISITIONS, DEFAULT_POOL_FACTOR
+from s2fin_cli.cli.helpers import model_path_or_default
 from s2fin_cli.cli.options import (
     AuxBands,
     BlockSize,
@@ -24,6 +25,7 @@ from s2fin_cli.cli.options import (
     JsonOutput,
     LabelField,
     LidarPath,
+    ModelPath,
     Overwrite,
     SarPath,
     Seed,
@@ -32,7 +34,6 @@ from s2fin_cli.cli.options import (
 )
 from s2fin_cli.errors import ConfigError
 from s2fin_cli.inference import PREDICT_BLOCK_SIZE
-from s2fin_cli.model_file import DEFAULT_MODEL_PATH
 from s2fin_cli.suggestion import DEFAULT_MAX_CANDIDATES, SuggestRequest, run_suggest
 
 
@@ -42,11 +43,7 @@ def suggest(
         typer.Argument(help="Stacked scene (as for predict), or give --hsi with --lidar/--sar.",
                        show_default=False, metavar="SCENE"),
     ] = None,
-    model: Annotated[
-        Path | None,
-        typer.Option("--model", "-m", help=f"Model file (default: {DEFAULT_MODEL_PATH}).",
-                     show_default=False),
-    ] = None,
+    model: ModelPath = None,
     n: Annotated[int, typer.Option("-n", "--count", help="How many pixels to suggest.")] = 50,
     output: Annotated[
         str,
@@ -91,10 +88,7 @@ def suggest(
     if acquisition not in ACQUISITIONS:
         raise ConfigError(f"--acquisition {acquisition!r} is not one of "
                           f"{', '.join(ACQUISITIONS)}")
-    model_path = model
-    if model_path is None:
-        model_path = DEFAULT_MODEL_PATH
-        console.note(f"using the default model {model_path} (pass -m to choose another)")
+    model_path = model_path_or_default(model)
     request = SuggestRequest(
         output=output, n=n, model=model_path, scene=scene, hsi=hsi, lidar=lidar, sar=sar,
         aux_bands=aux_bands, labels=tuple(labels or ()), label_field=label_field, csv=csv,
