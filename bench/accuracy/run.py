@@ -179,7 +179,8 @@ def recipe_for(method: str, changes: dict[str, Any]) -> Recipe:
     return Recipe.with_changes(changes)
 
 
-def _init_worker(threads: int) -> None:
+def init_worker(threads: int) -> None:
+    """A benchmark process: quiet console, torch and BLAS limited to ``threads``."""
     console.set_verbosity(-1)
     torch.set_num_threads(threads)
     try:
@@ -427,7 +428,7 @@ def _reduction_lines(args: argparse.Namespace, ns: list[int], plan: dict[int, li
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    _init_worker(args.threads)
+    init_worker(args.threads)
     ns = sorted(set(_ints(args.n)))
     scenes = [] if args.scenes == "none" else _names(args.scenes)
     bad = [s for s in scenes if s not in ALL_SCENES]
@@ -441,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs > 1:
         executor = cf.ProcessPoolExecutor(args.jobs,
                                           mp_context=multiprocessing.get_context("spawn"),
-                                          initializer=_init_worker, initargs=(args.threads,))
+                                          initializer=init_worker, initargs=(args.threads,))
     try:
         with tempfile.TemporaryDirectory(prefix="s2fin-accuracy-") as tmp:
             work = Path(tmp)

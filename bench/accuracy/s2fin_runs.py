@@ -16,13 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from bench.accuracy.scenes import BenchScene
 from s2fin_cli.classes import ClassTable
 from s2fin_cli.io.grid import Grid
+from s2fin_cli.io.reader import open_scene
 from s2fin_cli.io.writer import write_raster
 from s2fin_cli.metrics import AccuracyReport
 from s2fin_cli.sampling import Samples
+from s2fin_cli.scoring import predict_probabilities
 from s2fin_cli.training import NetworkOptions, TrainRequest, TrainSettings, run_training
 
 _NETWORK_FIELDS = {f.name for f in dataclasses.fields(NetworkOptions)}
@@ -92,11 +95,14 @@ class TrainedRun:
     epochs_run: int
     n_train: int  # pixels that trained (after the validation split, if any)
     n_val: int
+    # (test pixels, classes) softmax probabilities of the written model, when asked for
+    probabilities: np.ndarray | None = None
 
 
 def train_s2fin(bench: BenchScene, grid: Grid, train: Samples, test: Samples,
                 classes: ClassTable, workdir: Path, *, seed: int,
-                recipe: Recipe | None = None, threads: int | None = 1) -> TrainedRun:
+                recipe: Recipe | None = None, threads: int | None = 1,
+                probabilities: bool = False) -> TrainedRun:
     """Train S²Fin on ``train`` through ``run_training`` and score it at ``test``.
 
     ``recipe`` defaults to ``s2fin train``'s defaults (only the seed is the draw's); the
@@ -125,8 +131,15 @@ def train_s2fin(bench: BenchScene, grid: Grid, train: Samples, test: Samples,
     from models import S2Fin, parameter_table
 
     n_params = parameter_table(S2Fin(summary.bundle.config))[-1][1]
+    probs = None
+    if probabilities:
+        bundle = summary.bundle
+        with open_scene(bench.optical, bench.aux, bench.aux_kind) as scene:
+            probs = predict_probabilities(bundle.build_model(), scene, test, bundle.preprocessor,
+                                          bundle.geometry, torch.device("cpu"),
+                                          len(bundle.classes))
     return TrainedRun(summary.test, seconds, n_params, int(prov.get("epochs_run", 0)),
-                      sum(r["train"] for r in rows), sum(r["val"] for r in rows))
+                      sum(r["train"] for r in rows), sum(r["val"] for r in rows), probs)
 
 
 __all__ = ["RECIPE_FIELDS", "Recipe", "TrainedRun", "parse_changes", "train_s2fin",
