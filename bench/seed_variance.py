@@ -4,8 +4,10 @@ For every scene and draw (the accuracy benchmark's draw of N labelled pixels per
 test pixels and classes: :mod:`bench.accuracy.protocol`), S²Fin is trained ``--members`` times
 through ``s2fin train``'s own function and defaults (:func:`bench.accuracy.s2fin_runs.
 train_s2fin`), differing only in the training seed: member k of draw d is seeded d + 1000 k,
-so member 0 is exactly the accuracy benchmark's S²Fin run of that draw. Each member's class
-probabilities at the test pixels are kept; an ensemble of the first k members averages them.
+so member 0 is the S²Fin run ``python3 -m bench.accuracy --n N`` makes of that draw (a run
+over several N builds its pools for the largest, which can leave out a class that this script
+keeps: then its draws differ). Each member's class probabilities at the test pixels are kept;
+an ensemble of the first k members averages them.
 
 The table says, per scene: OA of single runs (mean, the spread over training seeds on one draw
 and over draws), and OA / AA of the ensembles of 1..K members, with what they cost (K trainings
