@@ -30,8 +30,9 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ from rasterio.windows import Window
 from torch import Tensor
 
 from s2fin_cli import console
+from s2fin_cli.acceleration import BatchWorkers, batch_workers
 from s2fin_cli.device import autocast
 from s2fin_cli.io.grid import Grid
 from s2fin_cli.io.reader import Scene, SceneBlock
@@ -121,18 +123,25 @@ def default_batch_size(device: torch.device | str) -> int:
     return DEFAULT_BATCH_SIZE if torch.device(device).type == "cuda" else DEFAULT_CPU_BATCH_SIZE
 
 
+_Batch = TypeVar("_Batch")
+
+
 class BlockPredictor:
     """Classifies the centres of a :class:`SceneBlock` on ``device`` with a model bundle."""
 
     def __init__(self, bundle: ModelBundle, device: torch.device | str = "cpu", *,
                  batch_size: int | None = None, probabilities: bool = False,
                  confidence: bool = False, amp: bool = True,
-                 model: torch.nn.Module | None = None, cpu_bf16: bool = False) -> None:
+                 model: torch.nn.Module | None = None, cpu_bf16: bool = False,
+                 workers: BatchWorkers | None = None) -> None:
         self.bundle = bundle
         self.device = torch.device(device)
         self.batch_size = default_batch_size(self.device) if batch_size is None else batch_size
         if self.batch_size < 1:
             raise ValueError("batch_size must be positive")
+        # Batches classified side by side (default: from the torch threads the command set).
+        self.workers = (batch_workers(self.device.type, torch.get_num_threads())
+                        if workers is None else workers)
         self.want_probabilities = probabilities
         self.want_confidence = confidence
         self.amp = amp
@@ -184,13 +193,18 @@ class BlockPredictor:
             optical, reduced, aux = self.preprocess(self.to_device(host_optical),
                                                     self.to_device(host_aux))
             flat = torch.from_numpy(centres).to(self.device)
-            for start in range(0, flat.numel(), self.batch_size):
-                idx = flat[start:start + self.batch_size]
+            batches = [flat[start:start + self.batch_size]
+                       for start in range(0, flat.numel(), self.batch_size)]
+
+            def batch_logits(idx: Tensor) -> Tensor:
                 rows = idx // cols_n + self.halo
                 cols = idx % cols_n + self.halo
-                spectral, spatial, active = cut_inputs(optical, reduced, aux, rows, cols,
-                                                       self.geometry)
-                logits = self.logits(spectral, spatial, active)
+                with torch.inference_mode():  # thread-local: also in a worker thread
+                    return self.logits(*cut_inputs(optical, reduced, aux, rows, cols,
+                                                   self.geometry))
+
+            for idx, logits in zip(batches, self.map_batches(batch_logits, batches),
+                                   strict=True):
                 classes[idx] = self._lut[logits.argmax(dim=1)]
                 if probs is not None:
                     probs[:, idx] = torch.softmax(logits, dim=1).T
@@ -202,6 +216,24 @@ class BlockPredictor:
             if self.want_confidence:  # NaN (nodata) columns stay NaN
                 out.confidence = probs.amax(dim=0).cpu().numpy()
         return out
+
+
+    def map_batches(self, fn: Callable[[_Batch], Tensor], batches: Sequence[_Batch]
+                    ) -> Iterator[Tensor]:
+        """``fn`` over ``batches``, in order: one at a time, or :attr:`workers` at once in
+        worker threads with their own intra-op thread count (torch's is per thread)."""
+        if self.workers.count == 1 or len(batches) == 1:
+            yield from map(fn, batches)
+            return
+        pool = ThreadPoolExecutor(min(self.workers.count, len(batches)),
+                                  thread_name_prefix="s2fin-batch",
+                                  initializer=torch.set_num_threads,
+                                  initargs=(self.workers.threads_each,))
+        try:
+            yield from pool.map(fn, batches)
+        finally:
+            # On an error or Ctrl-C, batches not started are dropped, not run to the end.
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 # What the reader thread hands over: the block, its valid centres, host tensors for the device.
@@ -344,21 +376,34 @@ def eager_pixels_per_second(predictor: BlockPredictor, batch_size: int, *,
     """The predictor's network speed (centre pixels per second) on zero inputs of one batch: a
     quick estimate for deciding whether compiling pays (the first call warms up, the best of
     ``repeats`` timed calls counts)."""
-    cfg = predictor.bundle.config
-    s, p = cfg.spectral_window, cfg.patch_size
     device = predictor.device
-    inputs = (torch.zeros(batch_size, cfg.bands, s, s, device=device),
-              torch.zeros(batch_size, cfg.reduced_bands, p, p, device=device),
-              torch.zeros(batch_size, cfg.active_bands, p, p, device=device))
+    inputs = zero_batch(predictor, batch_size)
     predictor.logits(*inputs)
+    side_by_side = [inputs] * predictor.workers.count  # as predict runs its batches
+
+    def run(batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        return predictor.logits(*batch)
+
     best = math.inf
     for _ in range(repeats):
         start = time.perf_counter()
-        predictor.logits(*inputs)
+        for _logits in predictor.map_batches(run, side_by_side):
+            pass
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - start)
-    return batch_size / max(best, 1e-9)
+    return batch_size * len(side_by_side) / max(best, 1e-9)
+
+
+def zero_batch(predictor: BlockPredictor, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """A batch of all-zero network inputs (spectral, spatial, active) on the predictor's
+    device: for timing, or to compile the network before the batch workers call it."""
+    cfg = predictor.bundle.config
+    s, p = cfg.spectral_window, cfg.patch_size
+    device = predictor.device
+    return (torch.zeros(batch_size, cfg.bands, s, s, device=device),
+            torch.zeros(batch_size, cfg.reduced_bands, p, p, device=device),
+            torch.zeros(batch_size, cfg.active_bands, p, p, device=device))
 
 
 def scene_blocks(grid: Grid, block_size: int = PREDICT_BLOCK_SIZE) -> list[Window]:
@@ -433,4 +478,5 @@ __all__ = [
     "eager_pixels_per_second",
     "predict_scene",
     "scene_blocks",
+    "zero_batch",
 ]

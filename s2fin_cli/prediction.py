@@ -43,6 +43,7 @@ from s2fin_cli.inference import (
     eager_pixels_per_second,
     predict_scene,
     scene_blocks,
+    zero_batch,
 )
 from s2fin_cli.io.classmap import ClassMapWriter, MapOutputs, model_tags
 from s2fin_cli.io.outputs import Output, check_outputs, given_path
@@ -270,6 +271,12 @@ def _prepared_model(jobs: list[Job], bundle: ModelBundle, options: RunOptions,
     decision = maybe_compile(model, options.device, options.compile, pixels=pixels,
                              eager_pixels_per_second=rate, batch_size=batch_size, pad=True)
     console.info(f"torch.compile: {decision.reason}")
+    if decision.compiled:
+        # Compile now, in this thread: dynamo compiles one thread at a time, and the batch
+        # workers (inference.BlockPredictor) then only run the compiled code.
+        warm = BlockPredictor(bundle, options.device, batch_size=batch_size,
+                              model=decision.model, cpu_bf16=cpu_bf16)
+        warm.logits(*zero_batch(warm, batch_size))
     return decision.model
 
 

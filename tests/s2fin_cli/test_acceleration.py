@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,11 @@ import torch
 
 from s2fin_cli import acceleration
 from s2fin_cli.acceleration import (
+    MAX_CPU_BATCH_WORKERS,
+    BatchWorkers,
     CpuBf16,
     available_cpus,
+    batch_workers,
     break_even_pixels,
     compile_cache_dir,
     cpu_autocast,
@@ -225,6 +229,19 @@ def test_compiled_model_matches_eager(monkeypatch: pytest.MonkeyPatch, tmp_path:
         torch.testing.assert_close(decision.model(x), model(x), atol=1e-6, rtol=1e-5)
     assert any((tmp_path / "inductor").iterdir())
 
+    # Compiled in this thread, then run by batch workers side by side (as predict does).
+    def in_worker(batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            out: torch.Tensor = decision.model(batch)
+            return out
+
+    batches = [torch.randn(8, 16, generator=torch.Generator().manual_seed(i)) for i in range(6)]
+    with ThreadPoolExecutor(2, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        outs = list(pool.map(in_worker, batches))
+    with torch.inference_mode():
+        for batch, out in zip(batches, outs, strict=True):
+            torch.testing.assert_close(out, model(batch), atol=1e-6, rtol=1e-5)
+
 
 def test_static_batch_feeds_the_compiled_graph_one_batch_size(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
@@ -256,3 +273,14 @@ def test_static_batch_feeds_the_compiled_graph_one_batch_size(
     fallback(x[:3])
     fallback(x[:4])
     assert seen == [4]  # the partial batch ran uncompiled
+
+
+def test_batch_workers_give_each_cpu_thread_its_own_batch() -> None:
+    assert batch_workers("cpu", 1) == BatchWorkers(1, 1)
+    assert batch_workers("cpu", 2) == BatchWorkers(2, 1)
+    assert batch_workers("cpu", MAX_CPU_BATCH_WORKERS) == BatchWorkers(MAX_CPU_BATCH_WORKERS, 1)
+    # A many-core server: at most MAX_CPU_BATCH_WORKERS batches, the other threads shared out.
+    assert batch_workers("cpu", 4 * MAX_CPU_BATCH_WORKERS + 3) == BatchWorkers(
+        MAX_CPU_BATCH_WORKERS, 4)
+    assert batch_workers("cuda", 16) == BatchWorkers(1, 16)  # a GPU runs one batch at a time
+    assert batch_workers("cpu", 0) == BatchWorkers(1, 1)

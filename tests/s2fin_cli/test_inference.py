@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from s2fin_cli.acceleration import BatchWorkers
 from s2fin_cli.inference import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CPU_BATCH_SIZE,
@@ -36,11 +37,13 @@ def _one_thread() -> Iterator[None]:
 
 def _collect(scene_path: Path, bundle: ModelBundle, *, block_size: int = 256,
              shard: Shard | None = None, device: str = "cpu", batch_size: int | None = None,
-             probabilities: bool = False, confidence: bool = False) -> tuple[
+             probabilities: bool = False, confidence: bool = False,
+             workers: BatchWorkers | None = None) -> tuple[
         np.ndarray, np.ndarray | None, np.ndarray | None, PredictionSummary]:
     """Run predict_scene and paste the blocks into whole-scene arrays."""
     predictor = BlockPredictor(bundle, device, batch_size=batch_size,
-                               probabilities=probabilities, confidence=confidence)
+                               probabilities=probabilities, confidence=confidence,
+                               workers=workers)
     with open_stacked_scene(scene_path) as scene:
         h, w = scene.grid.shape
         classes = np.full((h, w), -1, np.int64)
@@ -184,6 +187,78 @@ def test_model_error_midway_propagates_and_stops_threads(tmp_path: Path) -> None
         predict_scene(scene, predictor, written.append, scene_blocks(scene.grid, 4),
                       progress=False)
     assert len(written) <= 2
+    assert not _threads()
+
+
+def test_batches_side_by_side_give_the_same_map_as_one_at_a_time(tmp_path: Path) -> None:
+    nodata = np.zeros((13, 11), bool)
+    nodata[2, 3] = nodata[12, 10] = True
+    path = write_scene(tmp_path / "scene.tif", utm_grid(11, 13), nodata_pixels=nodata)
+    bundle = tiny_bundle(path, class_ids=CLASS_IDS)
+    serial = _collect(path, bundle, block_size=8, batch_size=7, probabilities=True,
+                      confidence=True, workers=BatchWorkers(1, 1))
+    parallel = _collect(path, bundle, block_size=8, batch_size=7, probabilities=True,
+                        confidence=True, workers=BatchWorkers(3, 1))
+    for one, three in zip(serial[:3], parallel[:3], strict=True):
+        np.testing.assert_array_equal(one, three)  # bit for bit: same ops, same thread count
+    assert parallel[3].classified == serial[3].classified == int((~nodata).sum())
+    assert not _threads()
+
+
+def test_batch_workers_run_on_their_own_thread_count(tmp_path: Path) -> None:
+    path = write_scene(tmp_path / "scene.tif", utm_grid(12, 12))
+    bundle = tiny_bundle(path)
+    predictor = BlockPredictor(bundle, "cpu", batch_size=16, workers=BatchWorkers(2, 3))
+    forward = predictor.model.forward
+    seen: list[tuple[str, int]] = []
+
+    def recording(*args: torch.Tensor) -> torch.Tensor:
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        out: torch.Tensor = forward(*args)
+        return out
+
+    predictor.model.forward = recording
+    with open_stacked_scene(path) as scene:
+        predict_scene(scene, predictor, lambda r: None, scene_blocks(scene.grid, 12),
+                      progress=False)
+    assert len(seen) == 9  # 144 centres in batches of 16
+    assert all(name.startswith("s2fin-batch") and n == 3 for name, n in seen)
+    assert torch.get_num_threads() == 1  # the caller's own setting is untouched
+    assert not _threads()
+
+
+def test_default_batch_workers_follow_the_commands_threads(tmp_path: Path) -> None:
+    path = write_scene(tmp_path / "scene.tif", utm_grid(6, 6))
+    bundle = tiny_bundle(path)
+    assert BlockPredictor(bundle, "cpu").workers == BatchWorkers(1, 1)
+    with torch_threads(2):
+        assert BlockPredictor(bundle, "cpu").workers == BatchWorkers(2, 1)
+
+
+def test_model_error_in_a_batch_worker_propagates_and_stops_the_rest(tmp_path: Path) -> None:
+    path = write_scene(tmp_path / "scene.tif", utm_grid(16, 16))
+    bundle = tiny_bundle(path)
+    predictor = BlockPredictor(bundle, "cpu", batch_size=4, workers=BatchWorkers(2, 1))
+    calls = {"n": 0}
+    lock = threading.Lock()
+    forward = predictor.model.forward
+
+    def failing(*args: torch.Tensor) -> torch.Tensor:
+        with lock:
+            calls["n"] += 1
+            n = calls["n"]
+        if n == 3:
+            raise RuntimeError("injected failure")
+        out: torch.Tensor = forward(*args)
+        return out
+
+    predictor.model.forward = failing
+    written: list[BlockResult] = []
+    with open_stacked_scene(path) as scene, pytest.raises(RuntimeError, match="injected"):
+        predict_scene(scene, predictor, written.append, scene_blocks(scene.grid, 16),
+                      progress=False)
+    assert not written
+    assert calls["n"] < 64 // 2  # batches not yet started were dropped (64 in the block)
     assert not _threads()
 
 
