@@ -8,7 +8,9 @@ bands + 2 LiDAR bands, 11 classes) with a model made by `s2fin train --epochs 1`
   subprocess with the CLI's defaults (threads, batch size, block size); pixels and seconds come
   from its JSON (time inside the command: reading, preprocessing, network, writing);
 - forward px/s: the forward pass alone on pre-cut patches (the model file's network, the CLI's
-  CPU/CUDA batch size, eval mode under inference_mode, the CLI's default threads): the ceiling;
+  CPU/CUDA batch size, eval mode under inference_mode, the CLI's default threads, batches side
+  by side in the CLI's batch workers): the ceiling; beside it, one batch at a time on all the
+  threads (how predict ran before the batch workers), measured in the same run;
 - MFLOP/px: torch.utils.flop_counter over one forward with AFCM/HFRM in their FFT form, i.e.
   counting the network's matmuls, convolutions and attention and not the DFTs (the count the
   issue's 16.8 / 116.7 MFLOP/px refer to);
@@ -48,7 +50,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from s2fin_cli.acceleration import (  # noqa: E402 - before torch: OpenMP waits passively
+    BatchWorkers,
     available_cpus,
+    batch_workers,
     configure_runtime,
     cpu_bf16_support,
     default_threads,
@@ -66,7 +70,11 @@ from bench.measure import (  # noqa: E402
     reference_flops_per_sample,
 )
 from models import S2Fin  # noqa: E402
-from s2fin_cli.inference import DEFAULT_BATCH_SIZE, DEFAULT_CPU_BATCH_SIZE  # noqa: E402
+from s2fin_cli.inference import (  # noqa: E402
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CPU_BATCH_SIZE,
+    map_in_batch_workers,
+)
 from s2fin_cli.model_file import load_model_file  # noqa: E402
 from s2fin_cli.training import TrainSettings  # noqa: E402
 
@@ -104,12 +112,23 @@ def random_inputs(model: S2Fin, batch: int, device: torch.device,
 
 
 def forward_rate(model: Any, inputs: tuple[torch.Tensor, ...], device: torch.device,
-                 repeats: int) -> float:
-    def run() -> object:
-        with torch.inference_mode():
-            return model(*inputs)
+                 repeats: int, workers: BatchWorkers | None = None) -> float:
+    """Patches/s of ``model`` on ``inputs``: one batch at a time on this thread's torch threads,
+    or ``workers.count`` batches side by side in the predictor's batch workers (the CLI's
+    path, :meth:`BlockPredictor.map_batches`)."""
+    count = 1 if workers is None else workers.count
 
-    return inputs[0].shape[0] / median_seconds(run, device, repeats)
+    def one(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        with torch.inference_mode():
+            out: torch.Tensor = model(*batch)
+            return out
+
+    def run() -> object:
+        if workers is None:
+            return one(inputs)
+        return list(map_in_batch_workers(one, [inputs] * count, workers))
+
+    return count * inputs[0].shape[0] / median_seconds(run, device, repeats)
 
 
 def train_rate(model: S2Fin, device: torch.device, repeats: int) -> float:
@@ -165,20 +184,28 @@ def measure_network(name: str, scene: Path, work: Path, device: torch.device,
         "network": name, "params": sum(p.numel() for p in model.parameters()),
         "mflop_per_px": flops / 1e6, "predict_px_s": predict_rate,
         "predict_pixels": report["classified"], "predict_seconds": report["seconds"],
-        "forward_px_s": forward_rate(model, inputs, device, args.repeats), "batch": batch,
+        "batch": batch,
     }
+    # The CLI's path: batches side by side in the batch workers; and one batch at a time on all
+    # threads (what predict did before the workers), in the same run for the ratio.
+    workers = batch_workers(device.type, torch.get_num_threads())
+    row["batch_workers"] = f"{workers.count} x {workers.threads_each} thread(s)"
+    row["forward_px_s"] = forward_rate(model, inputs, device, args.repeats, workers)
+    row["forward_one_batch_px_s"] = forward_rate(model, inputs, device, args.repeats)
     if args.compile:
         decision = maybe_compile(model, device, "on")
         start = time.perf_counter()
         forward_rate(decision.model, inputs, device, 1)  # compiles
         row["compile_seconds"] = time.perf_counter() - start
-        row["compiled_forward_px_s"] = forward_rate(decision.model, inputs, device, args.repeats)
+        row["compiled_forward_px_s"] = forward_rate(decision.model, inputs, device,
+                                                    args.repeats, workers)
     if not args.skip_train:
         row["train_steps_s"] = train_rate(bundle.build_model(device), device, args.repeats)
     return row
 
 
 RATE_KEYS = (("predict_px_s", "predict px/s"), ("forward_px_s", "forward px/s"),
+             ("forward_one_batch_px_s", "one batch px/s"),
              ("train_steps_s", "train step/s"))
 
 
@@ -258,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         scene = make_scene(work, args.size)
         for name in args.networks.split(","):
             row = measure_network(name, scene, work, device, threads, args)
-            for key in ("predict", "forward", "compiled_forward"):
+            for key in ("predict", "forward", "forward_one_batch", "compiled_forward"):
                 if f"{key}_px_s" in row:
                     row[f"{key}_util"] = row["mflop_per_px"] * 1e6 * row[f"{key}_px_s"] / peak
             rows.append(row)
@@ -275,6 +302,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{r['network']:<8} {r['params']:>8d} {r['mflop_per_px']:>9.1f} "
               f"{r['predict_px_s']:>13.1f} {r['predict_util']:>6.1%} {r['forward_px_s']:>13.1f} "
               f"{r['forward_util']:>6.1%} {train}")
+        print(f"{'':<8} batch workers {r['batch_workers']}; one batch at a time on all "
+              f"threads: forward {r['forward_one_batch_px_s']:.1f} px/s "
+              f"({r['forward_one_batch_util']:.1%}), side by side "
+              f"{r['forward_px_s'] / r['forward_one_batch_px_s']:.2f}x that")
         if "compiled_forward_px_s" in r:
             print(f"{'':<8} compiled forward {r['compiled_forward_px_s']:.1f} px/s "
                   f"({r['compiled_forward_util']:.1%}), compile {r['compile_seconds']:.1f} s")

@@ -220,20 +220,27 @@ class BlockPredictor:
 
     def map_batches(self, fn: Callable[[_Batch], Tensor], batches: Sequence[_Batch]
                     ) -> Iterator[Tensor]:
-        """``fn`` over ``batches``, in order: one at a time, or :attr:`workers` at once in
-        worker threads with their own intra-op thread count (torch's is per thread)."""
-        if self.workers.count == 1 or len(batches) == 1:
-            yield from map(fn, batches)
-            return
-        pool = ThreadPoolExecutor(min(self.workers.count, len(batches)),
-                                  thread_name_prefix="s2fin-batch",
-                                  initializer=torch.set_num_threads,
-                                  initargs=(self.workers.threads_each,))
-        try:
-            yield from pool.map(fn, batches)
-        finally:
-            # On an error or Ctrl-C, batches not started are dropped, not run to the end.
-            pool.shutdown(wait=True, cancel_futures=True)
+        """``fn`` over ``batches`` in order, in this predictor's :attr:`workers`
+        (:func:`map_in_batch_workers`)."""
+        return map_in_batch_workers(fn, batches, self.workers)
+
+
+def map_in_batch_workers(fn: Callable[[_Batch], Tensor], batches: Sequence[_Batch],
+                         workers: BatchWorkers) -> Iterator[Tensor]:
+    """``fn`` over ``batches``, results in order: one at a time in this thread, or
+    ``workers.count`` at once in worker threads, each with ``workers.threads_each`` torch
+    intra-op threads (torch's thread count is per thread)."""
+    if workers.count == 1 or len(batches) <= 1:
+        yield from map(fn, batches)
+        return
+    pool = ThreadPoolExecutor(min(workers.count, len(batches)), thread_name_prefix="s2fin-batch",
+                              initializer=torch.set_num_threads,
+                              initargs=(workers.threads_each,))
+    try:
+        yield from pool.map(fn, batches)
+    finally:
+        # On an error or Ctrl-C, batches not started are dropped, not run to the end.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # What the reader thread hands over: the block, its valid centres, host tensors for the device.
@@ -476,6 +483,7 @@ __all__ = [
     "PredictionSummary",
     "default_batch_size",
     "eager_pixels_per_second",
+    "map_in_batch_workers",
     "predict_scene",
     "scene_blocks",
     "zero_batch",
