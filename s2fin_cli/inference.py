@@ -8,10 +8,12 @@ batch, never the scene:
    grid (:meth:`Scene.read`: reflect padding at scene borders, NaN where invalid) and computes
    which centres are valid, a bounded queue ahead of the computation;
 2. the **main thread** moves the block to the device, applies the model's stored normalisation and
-   PCA (nothing is fitted per scene), cuts the patches of ``batch_size`` centres at a time on the
-   device (:func:`s2fin_cli.patches.cut_inputs`: one gather per batch, no Python loop per
-   pixel), runs the network under ``torch.inference_mode`` (and autocast on CUDA), and maps the
-   argmax output index to the class id;
+   PCA (nothing is fitted per scene), and hands the block's batches of ``batch_size`` centres to
+   the **batch workers** (:func:`map_in_batch_workers`; on the CPU several batches at once, each
+   on its own torch threads, :func:`s2fin_cli.acceleration.batch_workers`), which cut the
+   patches (:func:`s2fin_cli.patches.cut_inputs`: one gather per batch, no Python loop per
+   pixel) and run the network under ``torch.inference_mode`` (and autocast on CUDA); the main
+   thread maps each batch's argmax output index to the class id, in order;
 3. a **writer thread** writes finished blocks (:class:`s2fin_cli.io.classmap.ClassMapWriter`),
    behind a bounded queue.
 

@@ -24,7 +24,8 @@ Threads = Annotated[
     int | None,
     typer.Option("--threads", help="CPU threads for torch (default: the CPUs this process may "
                  "use, from its affinity and cgroup quota, or OMP_NUM_THREADS; on a machine busy "
-                 "with other jobs --threads 1 can be faster)."),
+                 "with other jobs --threads 1 can be faster). Classifying on the CPU, each "
+                 "thread takes its own batch (up to 8 batches at once)."),
 ]
 Compile = Annotated[
     str,
