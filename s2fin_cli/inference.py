@@ -219,7 +219,6 @@ class BlockPredictor:
                 out.confidence = probs.amax(dim=0).cpu().numpy()
         return out
 
-
     def map_batches(self, fn: Callable[[_Batch], Tensor], batches: Sequence[_Batch]
                     ) -> Iterator[Tensor]:
         """``fn`` over ``batches`` in order, in this predictor's :attr:`workers`
@@ -382,9 +381,9 @@ def _as_writer(sink: BlockSink | Callable[[BlockResult], None]) -> Callable[[Blo
 
 def eager_pixels_per_second(predictor: BlockPredictor, batch_size: int, *,
                             repeats: int = 2) -> float:
-    """The predictor's network speed (centre pixels per second) on zero inputs of one batch: a
-    quick estimate for deciding whether compiling pays (the first call warms up, the best of
-    ``repeats`` timed calls counts)."""
+    """The predictor's network speed (centre pixels per second) on zero inputs, one batch per
+    batch worker side by side as predict runs them: a quick estimate for deciding whether
+    compiling pays (the first call warms up, the best of ``repeats`` timed rounds counts)."""
     device = predictor.device
     inputs = zero_batch(predictor, batch_size)
     predictor.logits(*inputs)
