@@ -57,6 +57,7 @@ from s2fin_cli.acceleration import (  # noqa: E402 - before torch: OpenMP waits 
     cpu_bf16_support,
     default_threads,
     malloc_tuned,
+    map_in_batch_workers,
     maybe_compile,
 )
 
@@ -70,11 +71,7 @@ from bench.measure import (  # noqa: E402
     reference_flops_per_sample,
 )
 from models import S2Fin  # noqa: E402
-from s2fin_cli.inference import (  # noqa: E402
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_CPU_BATCH_SIZE,
-    map_in_batch_workers,
-)
+from s2fin_cli.inference import DEFAULT_BATCH_SIZE, DEFAULT_CPU_BATCH_SIZE  # noqa: E402
 from s2fin_cli.model_file import load_model_file  # noqa: E402
 from s2fin_cli.training import TrainSettings  # noqa: E402
 

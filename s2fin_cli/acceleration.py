@@ -38,10 +38,11 @@ import contextlib
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import torch
@@ -183,6 +184,8 @@ def default_threads() -> int:
 
 # --- batches side by side on the CPU ----------------------------------------------------------
 
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 # The most batches classified at once on the CPU (each holds one batch's activations: memory
 # grows with the count, so a many-core server gives the rest of its threads to each batch).
 MAX_CPU_BATCH_WORKERS = 8
@@ -215,6 +218,27 @@ def batch_workers(device_type: str, threads: int) -> BatchWorkers:
         return BatchWorkers(1, threads)
     count = min(threads, MAX_CPU_BATCH_WORKERS)
     return BatchWorkers(count, threads // count)
+
+
+def map_in_batch_workers(fn: Callable[[_Item], _Result], batches: Sequence[_Item],
+                         workers: BatchWorkers) -> Iterator[_Result]:
+    """``fn`` over ``batches``, results in order: one at a time in this thread, or
+    ``workers.count`` at once in worker threads, each with ``workers.threads_each`` torch
+    intra-op threads (torch's thread count is per thread)."""
+    import torch
+
+    if workers.count == 1 or len(batches) <= 1:
+        yield from map(fn, batches)
+        return
+    pool = ThreadPoolExecutor(min(workers.count, len(batches)), thread_name_prefix="s2fin-batch",
+                              initializer=torch.set_num_threads,
+                              initargs=(workers.threads_each,))
+    try:
+        yield from pool.map(fn, batches)
+    finally:
+        # On an error or Ctrl-C, batches not started are dropped, not run to the end.
+        pool.shutdown(wait=True, cancel_futures=True)
+
 
 # --- bfloat16 on the CPU ----------------------------------------------------------------------
 

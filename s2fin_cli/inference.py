@@ -9,8 +9,9 @@ batch, never the scene:
    which centres are valid, a bounded queue ahead of the computation;
 2. the **main thread** moves the block to the device, applies the model's stored normalisation and
    PCA (nothing is fitted per scene), and hands the block's batches of ``batch_size`` centres to
-   the **batch workers** (:func:`map_in_batch_workers`; on the CPU several batches at once, each
-   on its own torch threads, :func:`s2fin_cli.acceleration.batch_workers`), which cut the
+   the **batch workers** (:func:`s2fin_cli.acceleration.map_in_batch_workers`; on the CPU
+   several batches at once, each on its own torch threads,
+   :func:`s2fin_cli.acceleration.batch_workers`), which cut the
    patches (:func:`s2fin_cli.patches.cut_inputs`: one gather per batch, no Python loop per
    pixel) and run the network under ``torch.inference_mode`` (and autocast on CUDA); the main
    thread maps each batch's argmax output index to the class id, in order;
@@ -32,7 +33,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -42,7 +42,7 @@ from rasterio.windows import Window
 from torch import Tensor
 
 from s2fin_cli import console
-from s2fin_cli.acceleration import BatchWorkers, batch_workers
+from s2fin_cli.acceleration import BatchWorkers, batch_workers, map_in_batch_workers
 from s2fin_cli.device import autocast
 from s2fin_cli.io.grid import Grid
 from s2fin_cli.io.reader import Scene, SceneBlock
@@ -126,6 +126,7 @@ def default_batch_size(device: torch.device | str) -> int:
 
 
 _Batch = TypeVar("_Batch")
+_Result = TypeVar("_Result")
 
 
 class BlockPredictor:
@@ -219,29 +220,11 @@ class BlockPredictor:
                 out.confidence = probs.amax(dim=0).cpu().numpy()
         return out
 
-    def map_batches(self, fn: Callable[[_Batch], Tensor], batches: Sequence[_Batch]
-                    ) -> Iterator[Tensor]:
+    def map_batches(self, fn: Callable[[_Batch], _Result], batches: Sequence[_Batch]
+                    ) -> Iterator[_Result]:
         """``fn`` over ``batches`` in order, in this predictor's :attr:`workers`
         (:func:`map_in_batch_workers`)."""
         return map_in_batch_workers(fn, batches, self.workers)
-
-
-def map_in_batch_workers(fn: Callable[[_Batch], Tensor], batches: Sequence[_Batch],
-                         workers: BatchWorkers) -> Iterator[Tensor]:
-    """``fn`` over ``batches``, results in order: one at a time in this thread, or
-    ``workers.count`` at once in worker threads, each with ``workers.threads_each`` torch
-    intra-op threads (torch's thread count is per thread)."""
-    if workers.count == 1 or len(batches) <= 1:
-        yield from map(fn, batches)
-        return
-    pool = ThreadPoolExecutor(min(workers.count, len(batches)), thread_name_prefix="s2fin-batch",
-                              initializer=torch.set_num_threads,
-                              initargs=(workers.threads_each,))
-    try:
-        yield from pool.map(fn, batches)
-    finally:
-        # On an error or Ctrl-C, batches not started are dropped, not run to the end.
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # What the reader thread hands over: the block, its valid centres, host tensors for the device.
@@ -484,7 +467,6 @@ __all__ = [
     "PredictionSummary",
     "default_batch_size",
     "eager_pixels_per_second",
-    "map_in_batch_workers",
     "predict_scene",
     "scene_blocks",
     "zero_batch",

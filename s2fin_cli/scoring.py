@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from s2fin_cli import console
+from s2fin_cli.acceleration import batch_workers, map_in_batch_workers
 from s2fin_cli.classes import ClassTable
 from s2fin_cli.device import autocast
 from s2fin_cli.io.reader import Scene
@@ -23,7 +24,7 @@ from s2fin_cli.metrics import AccuracyReport, ConfusionAccumulator
 from s2fin_cli.patches import PatchGeometry
 from s2fin_cli.preprocessing import Preprocessor
 from s2fin_cli.sampling import Samples, valid_centres
-from s2fin_cli.training_data import iter_sample_inputs
+from s2fin_cli.training_data import PatchBatch, iter_sample_inputs
 
 SAMPLE_BATCH_SIZE = 256  # patches per forward pass when predicting at labelled pixels
 
@@ -32,19 +33,28 @@ def _logit_batches(model: nn.Module, scene: Scene, samples: Samples,
                    preprocessor: Preprocessor, geometry: PatchGeometry, device: torch.device,
                    batch_size: int) -> Iterator[tuple[np.ndarray, Tensor]]:
     """(sample positions, float32 logits) batch by batch, in eval mode under
-    ``torch.inference_mode``; the model's mode is restored."""
+    ``torch.inference_mode``; the model's mode is restored. On the CPU several batches run side
+    by side (:func:`s2fin_cli.acceleration.batch_workers`, as in ``s2fin predict``)."""
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
+    workers = batch_workers(device.type, torch.get_num_threads())
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             for part in iter_sample_inputs(scene, samples, preprocessor, geometry, device):
-                for start in range(0, len(part), batch_size):
-                    sl = slice(start, start + batch_size)
-                    with autocast(device):
-                        logits = model(part.spectral[sl], part.spatial[sl], part.active[sl])
-                    yield part.index[sl], logits.float()
+                slices = [slice(start, start + batch_size)
+                          for start in range(0, len(part), batch_size)]
+
+                def batch_logits(sl: slice, part: PatchBatch = part) -> Tensor:
+                    with torch.inference_mode(), autocast(device):  # thread-local state
+                        out: Tensor = model(part.spectral[sl], part.spatial[sl],
+                                            part.active[sl])
+                    return out.float()
+
+                for sl, logits in zip(slices, map_in_batch_workers(batch_logits, slices, workers),
+                                      strict=True):
+                    yield part.index[sl], logits
     finally:
         model.train(was_training)
 

@@ -25,6 +25,7 @@ a CSV on request), atomically.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from rasterio.windows import Window
 from torch import nn
 
 from s2fin_cli import __version__, console
+from s2fin_cli.acceleration import batch_workers, map_in_batch_workers
 from s2fin_cli.acquisition import (
     ACQUISITIONS,
     DEFAULT_POOL_FACTOR,
@@ -65,7 +67,7 @@ from s2fin_cli.patches import PatchGeometry
 from s2fin_cli.preprocessing import Preprocessor
 from s2fin_cli.reference import merge_label_sources
 from s2fin_cli.sampling import SAMPLE_READ_BLOCK, Samples, valid_centres
-from s2fin_cli.training_data import iter_sample_inputs
+from s2fin_cli.training_data import PatchBatch, iter_sample_inputs
 
 # Candidates scored at most: a seeded uniform sample of the eligible pixels above this.
 DEFAULT_MAX_CANDIDATES = 20_000
@@ -298,28 +300,38 @@ def score_pixels(model: nn.Module, scene: Scene, samples: Samples, preprocessor:
     n = len(samples)
     probs: np.ndarray | None = None
     feats: np.ndarray | None = None
-    captured: list[torch.Tensor] = []
+    # The feature layer's input of the batch each thread (batch worker) last ran.
+    captured = threading.local()
     handle = None
     if features:
         handle = feature_layer(model).register_forward_pre_hook(
-            lambda _module, args: captured.append(args[0].detach()))
+            lambda _module, args: setattr(captured, "features", args[0].detach()))
+    workers = batch_workers(device.type, torch.get_num_threads())
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             for part in iter_sample_inputs(scene, samples, preprocessor, geometry, device,
                                            block_size=block_size):
-                for start in range(0, len(part), batch_size):
-                    sl = slice(start, start + batch_size)
-                    captured.clear()
-                    with autocast(device):
+                slices = [slice(start, start + batch_size)
+                          for start in range(0, len(part), batch_size)]
+
+                def run(sl: slice, part: PatchBatch = part
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    captured.features = None
+                    with torch.inference_mode(), autocast(device):  # thread-local state
                         logits = model(part.spectral[sl], part.spatial[sl], part.active[sl])
+                    return logits, captured.features
+
+                for sl, (logits, feature) in zip(slices,
+                                                 map_in_batch_workers(run, slices, workers),
+                                                 strict=True):
                     p = torch.softmax(logits.float(), dim=1).cpu().numpy()
                     if probs is None:
                         probs = np.zeros((n, p.shape[1]), np.float32)
                     probs[part.index[sl]] = p
-                    if features and captured:
-                        f = captured[-1].float().flatten(1).cpu().numpy()
+                    if features and feature is not None:
+                        f = feature.float().flatten(1).cpu().numpy()
                         if feats is None:
                             feats = np.zeros((n, f.shape[1]), np.float32)
                         feats[part.index[sl]] = f

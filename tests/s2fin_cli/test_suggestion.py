@@ -18,7 +18,7 @@ from s2fin_cli.io.reader import open_stacked_scene
 from s2fin_cli.io.writer import write_raster
 from s2fin_cli.model_file import ModelBundle
 from s2fin_cli.sampling import Samples, within_distance
-from s2fin_cli.scoring import predict_indexes
+from s2fin_cli.scoring import predict_indexes, predict_probabilities
 from s2fin_cli.suggestion import (
     SuggestRequest,
     _near_labels,
@@ -115,6 +115,31 @@ def test_scores_hold_probabilities_and_head_features(scene_path: Path,
         logits = fc(torch.from_numpy(feats)).numpy()
     assert np.allclose(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), probs, atol=1e-4)
     assert not model.training and not fc._forward_pre_hooks  # the hook is removed
+
+
+def test_scores_are_the_same_with_batches_side_by_side(scene_path: Path,
+                                                        bundle: ModelBundle) -> None:
+    """Two torch threads: two batch workers, each batch on one thread, bit for bit the batches
+    of a one-thread run (features captured per worker thread, not mixed up)."""
+    model = bundle.build_model("cpu")
+    flat = np.random.default_rng(0).choice((SIZE - 4) * SIZE, 40, replace=False)  # distinct
+    samples = Samples(4 + flat // SIZE, flat % SIZE, np.zeros(40, np.int64))
+    samples = samples.subset((samples.rows != 20) | (samples.cols != 20))  # not nodata
+    runs = []
+    for threads in (1, 2):
+        with torch_threads(threads), open_stacked_scene(scene_path) as scene:
+            runs.append(score_pixels(model, scene, samples, bundle.preprocessor,
+                                     bundle.geometry, torch.device("cpu"), batch_size=3))
+            runs.append((predict_probabilities(model, scene, samples, bundle.preprocessor,
+                                               bundle.geometry, torch.device("cpu"), 3,
+                                               batch_size=3), None))
+    (probs1, feats1), (scored1, _), (probs2, feats2), (scored2, _) = runs
+    assert feats1 is not None and feats2 is not None
+    np.testing.assert_array_equal(probs1, probs2)
+    np.testing.assert_array_equal(feats1, feats2)
+    np.testing.assert_array_equal(scored1, scored2)
+    np.testing.assert_allclose(probs1, scored1, atol=1e-6)  # one network, two code paths
+    assert len(np.unique(feats2.round(4), axis=0)) == len(samples)  # no row written twice
 
 
 def test_suggestion_is_deterministic_spaced_and_excludes_labels(scene_path: Path,
