@@ -181,7 +181,6 @@ def default_threads() -> int:
     return available_cpus() if openmp_waits_passively() else 1
 
 
-
 # --- batches side by side on the CPU ----------------------------------------------------------
 
 _Item = TypeVar("_Item")
@@ -209,7 +208,9 @@ def batch_workers(device_type: str, threads: int) -> BatchWorkers:
     on one thread and 521-546 px/s on two, but 832-910 px/s as two batches at once on one thread
     each (1.6-1.8x); the paper-sized network 221-238 px/s on two threads against 292-325 px/s as
     two single-thread batches (1.35x). So on the CPU every thread gets its own batch, up to
-    :data:`MAX_CPU_BATCH_WORKERS` batches, and the threads left over are shared out among them.
+    :data:`MAX_CPU_BATCH_WORKERS` batches; beyond that each batch gets ``threads // count``
+    threads (the remainder of the division stays unused: 12 threads run 8 batches on 1 thread
+    each; not measured above 2 cores).
     A GPU classifies one batch at a time. Each batch is computed the same way whichever worker
     runs it, so a map does not depend on scheduling.
     """
