@@ -109,11 +109,10 @@ def random_inputs(model: S2Fin, batch: int, device: torch.device,
 
 
 def forward_rate(model: Any, inputs: tuple[torch.Tensor, ...], device: torch.device,
-                 repeats: int, workers: BatchWorkers | None = None) -> float:
-    """Patches/s of ``model`` on ``inputs``: one batch at a time on this thread's torch threads,
-    or ``workers.count`` batches side by side in the predictor's batch workers (the CLI's
-    path, :meth:`BlockPredictor.map_batches`)."""
-    count = 1 if workers is None else workers.count
+                 repeats: int, workers: BatchWorkers) -> float:
+    """Patches/s of ``model`` on ``inputs`` run as ``workers.count`` batches side by side in
+    batch workers (the CLI's path, :meth:`BlockPredictor.map_batches`); ``BatchWorkers(1, n)``
+    is one batch at a time on this thread's torch threads."""
 
     def one(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         with torch.inference_mode():
@@ -121,11 +120,9 @@ def forward_rate(model: Any, inputs: tuple[torch.Tensor, ...], device: torch.dev
             return out
 
     def run() -> object:
-        if workers is None:
-            return one(inputs)
-        return list(map_in_batch_workers(one, [inputs] * count, workers))
+        return list(map_in_batch_workers(one, [inputs] * workers.count, workers))
 
-    return count * inputs[0].shape[0] / median_seconds(run, device, repeats)
+    return workers.count * inputs[0].shape[0] / median_seconds(run, device, repeats)
 
 
 def train_rate(model: S2Fin, device: torch.device, repeats: int) -> float:
@@ -188,11 +185,13 @@ def measure_network(name: str, scene: Path, work: Path, device: torch.device,
     workers = batch_workers(device.type, torch.get_num_threads())
     row["batch_workers"] = f"{workers.count} x {workers.threads_each} thread(s)"
     row["forward_px_s"] = forward_rate(model, inputs, device, args.repeats, workers)
-    row["forward_one_batch_px_s"] = forward_rate(model, inputs, device, args.repeats)
+    row["forward_one_batch_px_s"] = forward_rate(model, inputs, device, args.repeats,
+                                                 BatchWorkers(1, torch.get_num_threads()))
     if args.compile:
         decision = maybe_compile(model, device, "on")
         start = time.perf_counter()
-        forward_rate(decision.model, inputs, device, 1)  # compiles
+        # compiles, in this thread, before the batch workers call it
+        forward_rate(decision.model, inputs, device, 1, BatchWorkers(1, torch.get_num_threads()))
         row["compile_seconds"] = time.perf_counter() - start
         row["compiled_forward_px_s"] = forward_rate(decision.model, inputs, device,
                                                     args.repeats, workers)
