@@ -13,15 +13,18 @@ the generated scenes, and the real ones where ``../shared/data`` holds them):
   ``min(count, 100)``. No label is ever taken within the patch radius of a test pixel
   (Chebyshev distance <= patch // 2, the accuracy benchmark's rule), so no test centre lies
   inside a training patch.
-* **Classes** that cannot supply ``--initial`` labels and ``--min-test`` test pixels are left out
+* **Classes** that cannot supply round 0's labels and ``--min-test`` test pixels are left out
   (listed); the analyst is never asked about their pixels.
-* **Round 0**: ``--initial`` labels per class, seeded and stratified
-  (:func:`s2fin_cli.sampling.apply_protocol`, the ``s2fin train --per-class`` draw).
-* **Rounds 1..R**: each strategy adds ``--per-round`` labels (default: two per class on
-  average, at least 10) chosen by :func:`s2fin_cli.suggestion.suggest_pixels` with the
-  previous round's model: ``suggest`` (what ``s2fin suggest`` does: uncertain, none inside
-  another's patch, spread over classes and features), ``random`` (uniform over the same
-  candidates) and ``uncertainty`` (the most uncertain candidates, no diversity). All
+* **Round 0**: the first entry of ``--schedule`` (labels per class, default 5), seeded and
+  stratified (:func:`s2fin_cli.sampling.apply_protocol`, the ``s2fin train --per-class`` draw).
+* **Rounds 1..R**: ``--schedule`` gives the labels per class on average after each round
+  (default ``5,7,10,14,20``: each round adds about 40 % more, so that reaching the random
+  strategy's final OA one round early is a saving of 30 % and two rounds early 50 %); round r
+  adds ``(schedule[r] - schedule[r - 1]) x classes`` labels, chosen by
+  :func:`s2fin_cli.suggestion.suggest_pixels` with the previous round's model: ``suggest``
+  (what ``s2fin suggest`` does: uncertain, none inside another's patch, spread over classes
+  and features), ``random`` (uniform over the same candidates) and ``uncertainty`` (the most
+  uncertain candidates, no diversity). All
   strategies see the same candidates: valid answerable pixels inside no labelled pixel's
   patch, at most ``--max-candidates`` of them (a seeded uniform sample).
 * **Training**: :func:`s2fin_cli.training.run_training` with ``s2fin train``'s defaults
@@ -43,6 +46,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +84,7 @@ from s2fin_cli.training import NetworkOptions, TrainRequest, TrainSettings, run_
 STRATEGIES: tuple[tuple[str, str], ...] = (("suggest", "diverse"), ("random", "random"),
                                           ("uncertainty", "uncertainty"))
 TEST_FLOOR = 100
+DEFAULT_SCHEDULE = (5, 7, 10, 14, 20)
 _TEST_STREAM, _ROUND_STREAM = 7919, 104729
 
 
@@ -89,11 +94,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scenes", default=",".join(ALL_SCENES),
                    help=f"comma list from {','.join(ALL_SCENES)} (real scenes are skipped "
                         "when --data-root lacks them)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of added labels")
-    p.add_argument("--initial", type=int, default=5, help="labels per class in round 0")
-    p.add_argument("--per-round", type=int, default=None,
-                   help="labels added per round (default: twice the number of classes, at "
-                        "least 10)")
+    p.add_argument("--schedule", type=parse_schedule, default=DEFAULT_SCHEDULE,
+                   help="labels per class (on average) after round 0, 1, ...: increasing "
+                        "integers, comma-separated (default "
+                        f"{','.join(map(str, DEFAULT_SCHEDULE))})")
     p.add_argument("--seeds", type=int, default=1, help="seeds (initial draw and suggestions)")
     p.add_argument("--max-candidates", type=int, default=2000,
                    help="candidates scored per suggestion (s2fin suggest's default is 20000)")
@@ -106,7 +110,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "patch neighbourhoods, and 96 px would run out of answerable pixels)")
     p.add_argument("--scene-seed", type=int, default=0)
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
-    p.add_argument("--jobs", type=int, default=1, help="scenes run in parallel processes")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="(scene, seed) runs in parallel processes")
     p.add_argument("--epochs", type=int, default=None,
                    help="smoke tests only: fewer epochs than s2fin train's default")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "active-learning.md")
@@ -121,9 +126,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def per_round_of(args: argparse.Namespace, classes: int) -> int:
-    """Labels added per round: ``--per-round``, else twice the classes and at least 10."""
-    return int(args.per_round or max(2 * classes, 10))
+def parse_schedule(text: str) -> tuple[int, ...]:
+    """``--schedule``: labels per class after each round, positive and strictly increasing."""
+    try:
+        schedule = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of integers: {text!r}") from None
+    if len(schedule) < 2 or schedule[0] < 1 or any(b <= a for a, b in pairwise(schedule)):
+        raise argparse.ArgumentTypeError(
+            f"needs at least two positive, strictly increasing counts: {text!r}")
+    return schedule
+
+
+def added_per_round(schedule: tuple[int, ...] | list[int], classes: int) -> list[int]:
+    """Labels each round adds (rounds 1..R): the schedule's per-class step times the classes."""
+    return [(b - a) * classes for a, b in pairwise(schedule)]
 
 
 def _log(text: str) -> None:
@@ -182,13 +199,13 @@ def prepare(bench: BenchScene, scene: Scene, args: argparse.Namespace, patch: in
     named = _named(table, bench)
     counts, test_counts = oracle.counts(), test_all.counts()
     kept = [c.id for c in named if test_counts.get(c.id, 0) >= args.min_test
-            and counts.get(c.id, 0) >= args.initial]
+            and counts.get(c.id, 0) >= args.schedule[0]]
     test = _cap(test_all.subset(np.isin(test_all.classes, kept)), args.test_cap, 0)
     near = within_distance(oracle.rows, oracle.cols, test.rows, test.cols, patch // 2 + 1)
     allowed = oracle.subset(~near & np.isin(oracle.classes, kept))
     # A class must also keep its initial labels outside the test pixels' neighbourhoods.
     answerable = allowed.counts()
-    kept = [c for c in kept if answerable.get(c, 0) >= args.initial]
+    kept = [c for c in kept if answerable.get(c, 0) >= args.schedule[0]]
     dropped = [f"{c.name} ({counts.get(c.id, 0)} labelled, {answerable.get(c.id, 0)} "
                f"answerable, {test_counts.get(c.id, 0)} test pixels)"
                for c in named if c.id not in kept]
@@ -233,9 +250,8 @@ def run_seed(bench: BenchScene, scene: Scene, setup: dict[str, Any], args: argpa
     """Every strategy's curve for one seed (round 0 shared)."""
     classes = setup["classes"]
     allowed = setup["allowed"]
-    per_round = per_round_of(args, len(classes))
-    initial = apply_protocol(allowed, Protocol("per-class", per_class=args.initial), classes,
-                             seed=seed)
+    initial = apply_protocol(allowed, Protocol("per-class", per_class=args.schedule[0]),
+                             classes, seed=seed)
     grid, shape = scene.grid, scene.grid.shape
     t0 = time.perf_counter()
     summary0 = _train(bench, initial, setup, workdir, shape, grid, args.epochs)
@@ -244,9 +260,9 @@ def run_seed(bench: BenchScene, scene: Scene, setup: dict[str, Any], args: argpa
     curves: dict[str, list[dict[str, Any]]] = {}
     for name, strategy in STRATEGIES:
         labels, bundle, curve = initial, summary0.bundle, [start]
-        for r in range(1, args.rounds + 1):
+        for r, n in enumerate(added_per_round(args.schedule, len(classes)), start=1):
             t1 = time.perf_counter()
-            picks = suggest_pixels(bundle, scene, per_round, labelled=labels,
+            picks = suggest_pixels(bundle, scene, n, labelled=labels,
                                    strategy=strategy,  # type: ignore[arg-type]
                                    seed=seed * _ROUND_STREAM + r,
                                    max_candidates=args.max_candidates, allowed=allowed)
@@ -269,27 +285,39 @@ def run_seed(bench: BenchScene, scene: Scene, setup: dict[str, Any], args: argpa
     return curves
 
 
-def run_scene(key: str, args: argparse.Namespace) -> dict[str, Any]:
-    """One scene, every seed; runs in a worker process."""
+def run_scene_seed(key: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One scene and one seed; runs in a worker process (the scene is built in each: the
+    build is seeded, so every seed of a scene sees the same pixels)."""
     console.set_verbosity(-1)
     t0 = time.perf_counter()
     patch = NetworkOptions().patch_size
-    with tempfile.TemporaryDirectory(prefix=f"al-{key}-") as tmp, cpu_threads(1):
+    with tempfile.TemporaryDirectory(prefix=f"al-{key}-{seed}-") as tmp, cpu_threads(1):
         workdir = Path(tmp)
         bench = build_scene(key, workdir, data_root=args.data_root, size=args.size,
                             scene_seed=args.scene_seed, train_per_class=60)
         with open_scene(bench.optical, bench.aux, bench.aux_kind) as scene:
             setup = prepare(bench, scene, args, patch, workdir)
-            seeds = {seed: run_seed(bench, scene, setup, args, seed, workdir)
-                     for seed in range(args.seeds)}
+            curves = run_seed(bench, scene, setup, args, seed, workdir)
     classes = setup["classes"]
     return {"key": key, "title": bench.title, "description": bench.description,
             "caveats": bench.caveats, "classes": [c.name for c in classes],
             "dropped": setup["dropped"], "test": len(setup["test"]),
             "test_per_class": {classes.name_of(c): n
                                for c, n in setup["test"].counts(classes).items()},
-            "allowed": len(setup["allowed"]), "per_round": per_round_of(args, len(classes)),
-            "seeds": seeds, "minutes": round((time.perf_counter() - t0) / 60, 1)}
+            "allowed": len(setup["allowed"]),
+            "per_round": added_per_round(args.schedule, len(classes)),
+            "seeds": {seed: curves}, "minutes": (time.perf_counter() - t0) / 60}
+
+
+def merge_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One scene's result from its per-seed runs (which agree on everything but the curves;
+    ``minutes`` becomes the sum over seeds)."""
+    merged = {**runs[0], "seeds": {}, "minutes": 0.0}
+    for run in runs:
+        merged["seeds"].update(run["seeds"])
+        merged["minutes"] += run["minutes"]
+    merged["minutes"] = round(merged["minutes"], 1)
+    return merged
 
 
 def mean_curve(result: dict[str, Any], name: str) -> list[dict[str, float]]:
@@ -375,11 +403,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     _log(f"scenes {', '.join(keys)}" + (f" (skipped, no data: {', '.join(skipped)})"
                                          if skipped else "") + f"; {args.jobs} job(s)")
-    if args.jobs > 1 and len(keys) > 1:
+    tasks = [(key, seed) for key in keys for seed in range(args.seeds)]
+    if args.jobs > 1 and len(tasks) > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            results = list(pool.map(run_scene, keys, [args] * len(keys)))
+            runs = list(pool.map(run_scene_seed, [k for k, _ in tasks], [s for _, s in tasks],
+                                 [args] * len(tasks)))
     else:
-        results = [run_scene(key, args) for key in keys]
+        runs = [run_scene_seed(key, seed, args) for key, seed in tasks]
+    results = [merge_seeds([run for run, (k, _) in zip(runs, tasks, strict=True) if k == key])
+               for key in keys]
     meta = {
         "command": "python3 bench/active_learning.py " + shlex.join(sys.argv[1:] if argv is None
                                                                     else argv),

@@ -72,7 +72,8 @@ def headline(results: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> 
              "|---|---:|---:|---:|---:|---:|---:|"]
     for result, summary in zip(results, summaries, strict=True):
         lines.append(
-            f"| {result['title']} | {len(result['classes'])} | {result['per_round']} | "
+            f"| {result['title']} | {len(result['classes'])} | "
+            f"{', '.join(map(str, result['per_round']))} | "
             f"{_pct(summary['target'])} ({summary['random_final']}) | "
             f"{_need(summary, 'suggest')} | {_need(summary, 'uncertainty')} | "
             f"{_need(summary, 'random')} |")
@@ -189,8 +190,8 @@ def _timing(result: dict[str, Any]) -> str:
            for p in c[n][1:]]
     scored = sorted({p["scored"] for c in result["seeds"].values() for n in ("suggest",)
                      for p in c[n][1:]})
-    return (f"{result['minutes']} min for the scene; a training took "
-            f"{min(train):.0f}-{max(train):.0f} s, a suggestion (network pass over the "
+    return (f"{result['minutes']} min for the scene (its seeds' runs added up); a training "
+            f"took {min(train):.0f}-{max(train):.0f} s, a suggestion (network pass over the "
             f"candidates) {min(sug):.0f}-{max(sug):.0f} s for {', '.join(map(str, scored))} "
             "scored candidates")
 
@@ -230,12 +231,14 @@ def render(results: list[dict[str, Any]], summaries: list[dict[str, Any]],
         f"* Started {meta['started']}, wall time **{meta['minutes']} min** "
         f"(git {meta['git']}).",
         f"* Machine: {meta['machine']}; torch limited to 1 thread per process, "
-        f"{args.jobs} scene(s) at a time; 1-minute load average {meta['load'][0]} at the start "
-        f"and {meta['load'][1]} at the end (the machine is shared, so run times vary).",
-        f"* Round 0: {args.initial} labels per class (seeded, stratified); then {args.rounds} "
-        "rounds, each adding twice as many labels as there are classes, at least 10 (the "
-        f"table says how many); {seeds} seed(s) (the seed draws round 0 and seeds every "
-        "suggestion).",
+        f"{args.jobs} (scene, seed) run(s) at a time; 1-minute load average "
+        f"{meta['load'][0]} at the start and {meta['load'][1]} at the end (the machine is "
+        "shared, so run times vary).",
+        f"* Round 0: {args.schedule[0]} labels per class (seeded, stratified); then "
+        f"{len(args.schedule) - 1} rounds bringing the labels to "
+        f"{', '.join(map(str, args.schedule[1:]))} per class on average (`--schedule`; the "
+        f"table says how many labels each round adds); {seeds} seed(s) (the seed draws round "
+        "0 and seeds every suggestion).",
         "* Strategies, all through `s2fin_cli.suggestion.suggest_pixels` with the previous "
         "round's model and the same candidates (answerable pixels inside no labelled "
         f"pixel's patch, at most {args.max_candidates} of them, a seeded uniform "
@@ -274,7 +277,7 @@ def render(results: list[dict[str, Any]], summaries: list[dict[str, Any]],
     lines += headline(results, summaries)
     lines += ["", *verdict(results, summaries), "", *noise(results, summaries, args.seeds), "",
               "Mean OA % over the added rounds (rounds 1 to "
-              f"{args.rounds}; the best of each scene in bold):", "",
+              f"{len(args.schedule) - 1}; the best of each scene in bold):", "",
               *mean_table(results, summaries), "",
               f"![OA and AA against labels]({Path(args.plot).name})", "",
               "## Scenes", ""]
