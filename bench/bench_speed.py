@@ -16,10 +16,12 @@ bands + 2 LiDAR bands, 11 classes) with a model made by `s2fin train --epochs 1`
   issue's 16.8 / 116.7 MFLOP/px refer to);
 - peak: this machine's all-core float32 matmul rate (a 2048^3 sgemm with all allowed threads,
   measured in the same run; TF32 off on CUDA), and utilisation = MFLOP/px x px/s / peak;
-- train steps/s: a direct loop of the CLI's training step (forward, label-smoothed cross-entropy,
-  backward, gradient clipping, AdamW; TrainSettings' defaults, batch 32) on random patches, in
-  train mode, with the CLI's threads: the network's training speed without data loading and
-  augmentation (`s2fin train --json` reports no per-epoch time).
+- train steps/s: a loop of the CLI's training step (`training_step`: forward, label-smoothed
+  cross-entropy, backward, gradient clipping, AdamW; TrainSettings' defaults, batch 32) on random
+  patches, in train mode, with the CLI's threads, the batch split over the CLI's batch workers:
+  the network's training speed without data loading and augmentation (`s2fin train --json`
+  reports no per-epoch time); beside it, the whole batch on all threads (how training ran
+  before the split), measured in the same run.
 
     python3 bench/bench_speed.py                          # CPU, 96 x 96 scene
     python3 bench/bench_speed.py --device cuda --size 512 --json out.json
@@ -74,6 +76,7 @@ from models import S2Fin  # noqa: E402
 from s2fin_cli.inference import DEFAULT_BATCH_SIZE, DEFAULT_CPU_BATCH_SIZE  # noqa: E402
 from s2fin_cli.model_file import load_model_file  # noqa: E402
 from s2fin_cli.training import TrainSettings  # noqa: E402
+from s2fin_cli.training.steps import dropout_seeds, training_step  # noqa: E402
 
 NETWORKS: dict[str, list[str]] = {
     "default": [],  # the CLI's defaults: --dim 32 --depth 1
@@ -125,24 +128,23 @@ def forward_rate(model: Any, inputs: tuple[torch.Tensor, ...], device: torch.dev
     return workers.count * inputs[0].shape[0] / median_seconds(run, device, repeats)
 
 
-def train_rate(model: S2Fin, device: torch.device, repeats: int) -> float:
-    """Steps/s of the CLI's training step without data loading: forward, label-smoothed
-    cross-entropy, backward, gradient clipping, AdamW, with TrainSettings' defaults (batch 32)."""
+def train_rate(model: S2Fin, device: torch.device, repeats: int,
+               workers: BatchWorkers) -> float:
+    """Steps/s of the CLI's training step (:func:`s2fin_cli.training.steps.training_step`)
+    without data loading: forward, label-smoothed cross-entropy, backward, gradient clipping,
+    AdamW, with TrainSettings' defaults (batch 32), the batch split over ``workers``."""
     settings = TrainSettings()
     batch = settings.batch_size
     model = model.train()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr,
-                                  weight_decay=settings.weight_decay)
-    inputs = random_inputs(model, batch, device, seed=1)
+    parameters = list(model.parameters())
+    optimiser = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    spectral, spatial, active = random_inputs(model, batch, device, seed=1)
     labels = torch.randint(0, model.config.num_classes, (batch,), device=device)
 
     def step() -> None:
-        loss = torch.nn.functional.cross_entropy(model(*inputs).float(), labels,
-                                                 label_smoothing=settings.label_smoothing)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        optimiser.step()
+        training_step(model, spectral, spatial, active, labels, settings, optimiser, scaler,
+                      parameters, workers, dropout_seeds(settings.seed, 0, 0))
 
     return 1.0 / median_seconds(step, device, repeats, warmup=2)
 
@@ -196,13 +198,20 @@ def measure_network(name: str, scene: Path, work: Path, device: torch.device,
         row["compiled_forward_px_s"] = forward_rate(decision.model, inputs, device,
                                                     args.repeats, workers)
     if not args.skip_train:
-        row["train_steps_s"] = train_rate(bundle.build_model(device), device, args.repeats)
+        # The CLI's training step (batch parts side by side in the batch workers) and the whole
+        # batch on all threads (how training ran before), in the same run for the ratio.
+        row["train_steps_s"] = train_rate(bundle.build_model(device), device, args.repeats,
+                                          workers)
+        row["train_one_batch_steps_s"] = train_rate(bundle.build_model(device), device,
+                                                    args.repeats,
+                                                    BatchWorkers(1, torch.get_num_threads()))
     return row
 
 
 RATE_KEYS = (("predict_px_s", "predict px/s"), ("forward_px_s", "forward px/s"),
              ("forward_one_batch_px_s", "one batch px/s"),
-             ("train_steps_s", "train step/s"))
+             ("train_steps_s", "train step/s"),
+             ("train_one_batch_steps_s", "one-batch train step/s"))
 
 
 def system_malloc_run(argv: list[str]) -> dict[str, Any]:
@@ -302,6 +311,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"threads: forward {r['forward_one_batch_px_s']:.1f} px/s "
               f"({r['forward_one_batch_util']:.1%}), side by side "
               f"{r['forward_px_s'] / r['forward_one_batch_px_s']:.2f}x that")
+        if "train_one_batch_steps_s" in r:
+            print(f"{'':<8} training step, whole batch on all threads: "
+                  f"{r['train_one_batch_steps_s']:.2f} step/s; split over the batch workers "
+                  f"{r['train_steps_s'] / r['train_one_batch_steps_s']:.2f}x that")
         if "compiled_forward_px_s" in r:
             print(f"{'':<8} compiled forward {r['compiled_forward_px_s']:.1f} px/s "
                   f"({r['compiled_forward_util']:.1%}), compile {r['compile_seconds']:.1f} s")

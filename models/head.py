@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .layers import Dropout
+
 
 class ClassifierHead(nn.Module):
     centres: Tensor  # buffer: sequence index of each stream's centre-pixel token
@@ -23,7 +25,7 @@ class ClassifierHead(nn.Module):
         )
         features = dim * (len(centre_indices) + 1)
         self.norm = nn.LayerNorm(features)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.fc = nn.Linear(features, num_classes)
 
     def forward(self, tokens: Tensor) -> Tensor:

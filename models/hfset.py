@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import FeedForward
+from .layers import Dropout, FeedForward
 from .spectral_ops import spectral_highpass
 
 
@@ -40,7 +40,7 @@ class TopKTokenAttention(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, d = x.shape
@@ -67,7 +67,7 @@ class ChannelAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
         self.proj = nn.Linear(dim, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, d = x.shape

@@ -8,10 +8,48 @@ whole patch removes its absolute level (a flat 3 m roof and a flat 20 m roof loo
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 
 from .config import STEM_NORMS
+
+_dropout_stream = threading.local()
+
+
+@contextmanager
+def dropout_generator(generator: torch.Generator | None) -> Iterator[None]:
+    """Dropout masks drawn in this thread come from ``generator`` (None: torch's global one).
+
+    Why: torch's global generator is shared by all threads, so two threads training parts of a
+    batch side by side would draw their masks in a scheduling-dependent order. With a generator
+    of its own per part, each part's masks are a function of that generator's seed alone.
+    """
+    previous = getattr(_dropout_stream, "generator", None)
+    _dropout_stream.generator = generator
+    try:
+        yield
+    finally:
+        _dropout_stream.generator = previous
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` that draws its mask from this thread's :func:`dropout_generator` when one
+    is set (same scaling: kept values are divided by 1 - p), else exactly ``nn.Dropout``."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        generator: torch.Generator | None = getattr(_dropout_stream, "generator", None)
+        if generator is None or not self.training or self.p == 0:
+            out: Tensor = super().forward(input)
+            return out
+        if self.p == 1:
+            return input * 0
+        keep = 1.0 - self.p
+        mask = torch.empty_like(input).bernoulli_(keep, generator=generator)
+        return input * mask / keep
 
 
 def center_crop(x: Tensor, size: int) -> Tensor:
@@ -32,7 +70,7 @@ class FeedForward(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.drop(self.fc2(torch.nn.functional.gelu(self.fc1(self.norm(x)))))
@@ -82,7 +120,7 @@ class ConvBlock(nn.Module):
         self.norm = nn.GroupNorm(1, dim)
         self.pw1 = nn.Conv2d(dim, hidden, 1)
         self.pw2 = nn.Conv2d(hidden, dim, 1)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.pw2(torch.nn.functional.gelu(self.pw1(self.norm(self.dw(x)))))

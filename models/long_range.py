@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import Dropout
 from .spectral_ops import autocast_disabled
 
 # Decay factors below exp(-30) ~ 1e-13 are set to exactly 0. Left alone, exp of very negative
@@ -202,7 +203,7 @@ class BiScanBlock(nn.Module):
         self.backward_scan = ScanDirection(inner, state, heads, kernel, chunk)
         self.out_norm = nn.LayerNorm(inner)
         self.out_proj = nn.Linear(inner, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, tokens: Tensor) -> Tensor:
         x, z = self.in_proj(self.norm(tokens)).chunk(2, dim=-1)

@@ -2,8 +2,10 @@
 validation set, AMP on CUDA, a checkpoint after every epoch.
 
 Determinism: every epoch reseeds torch (dropout) and its own generator (shuffle, augmentation)
-from ``(seed, epoch)``, so a run resumed from the checkpoint of epoch k continues to the same
-final weights as an uninterrupted run.
+from ``(seed, epoch)``, and batches split over the CPU's batch workers seed each part's dropout
+from ``(seed, epoch, step, part)``, so a run resumed from the checkpoint of epoch k continues to
+the same final weights as an uninterrupted run (for a given ``--threads``: the thread count sets
+the number of parts).
 
 The same loop runs data parallel when its context is a
 :class:`~s2fin_cli.distributed.DistContext` (see :mod:`s2fin_cli.training.ddp`): only rank 0
@@ -26,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from s2fin_cli import console
+from s2fin_cli.acceleration import batch_workers
 from s2fin_cli.distributed import LOCAL, DistContext, RunContext
 from s2fin_cli.errors import LabelError
 from s2fin_cli.training.checkpoint import Checkpoint, LoopState, save_checkpoint
@@ -162,9 +165,11 @@ def _epoch_functions(model: nn.Module, train: PatchSet, settings: TrainSettings,
         return run_distributed, partial(distributed_validation, model, train, device=device,
                                         dist=ctx)
 
+    workers = batch_workers(device.type, torch.get_num_threads())
+
     def run_local(generator: torch.Generator, schedule: Schedule) -> EpochStats:
         return train_epoch(model, train, settings, device, generator, optimizer, scaler,
-                           schedule, after_step)
+                           schedule, after_step, workers)
 
     def validate_local(val: PatchSet) -> tuple[float, float]:
         pred, val_loss = evaluate_patch_set(model, val, device)

@@ -1,5 +1,6 @@
 """The pieces one optimisation epoch is made of: the learning-rate schedule, the per-epoch seed,
-the optimiser step, a single-process epoch, and scoring a patch set.
+the optimiser step, a single-process epoch (its batches split into parts trained side by side
+on the CPU's batch workers), and scoring a patch set.
 
 The data-parallel epoch (:mod:`s2fin_cli.training.ddp`) is built from the same schedule and the
 same :func:`optimizer_step`; only how a batch's loss is formed differs (see there).
@@ -16,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.layers import dropout_generator
+from s2fin_cli.acceleration import BatchWorkers, map_in_batch_workers
 from s2fin_cli.device import autocast
 from s2fin_cli.errors import ConfigError
 from s2fin_cli.hashing import derived_seed
@@ -114,14 +117,116 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
     scaler.update()
 
 
+def step_with_gradients(optimizer: torch.optim.Optimizer, parameters: list[nn.Parameter],
+                        gradients: list[Tensor | None], grad_clip: float) -> None:
+    """Set the gradients, clip their norm (when ``grad_clip`` > 0) and step (fp32, no scaler:
+    the split step runs on the CPU only)."""
+    optimizer.zero_grad(set_to_none=True)
+    for parameter, gradient in zip(parameters, gradients, strict=True):
+        parameter.grad = gradient
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(parameters, grad_clip)
+    optimizer.step()
+
+
+@dataclass(frozen=True)
+class BatchPart:
+    """One part of a training batch and the seed of its dropout masks."""
+
+    spectral: Tensor
+    spatial: Tensor
+    active: Tensor
+    target: Tensor
+    dropout_seed: int
+
+
+def split_batch(spectral: Tensor, spatial: Tensor, active: Tensor, target: Tensor, parts: int,
+                dropout_seed: Callable[[int], int]) -> list[BatchPart]:
+    """``parts`` contiguous parts of one batch, sizes differing by at most one (fewer when the
+    batch is smaller), part k's dropout seeded with ``dropout_seed(k)``."""
+    pieces = [t.tensor_split(min(parts, int(target.shape[0]))) for t in
+              (spectral, spatial, active, target)]
+    return [BatchPart(spectral_k, spatial_k, active_k, target_k, dropout_seed(k))
+            for k, (spectral_k, spatial_k, active_k, target_k)
+            in enumerate(zip(*pieces, strict=True))]
+
+
+def training_step(model: nn.Module, spectral: Tensor, spatial: Tensor, active: Tensor,
+                  target: Tensor, settings: TrainSettings, optimizer: torch.optim.Optimizer,
+                  scaler: torch.amp.GradScaler, parameters: list[nn.Parameter],
+                  workers: BatchWorkers, dropout_seed: Callable[[int], int]
+                  ) -> tuple[Tensor, Tensor]:
+    """One optimiser step on a batch; returns the batch's mean loss and its logits (detached).
+
+    With one worker the batch runs as a whole (dropout from torch's global generator, seeded per
+    epoch by the loop). With several (the CPU: :func:`s2fin_cli.acceleration.batch_workers`) the
+    batch is split into one part per worker; each worker runs forward and backward of its part
+    on its own thread, its dropout masks drawn from a generator seeded by ``dropout_seed(part)``,
+    and returns the part's gradients of (part's summed loss / batch size), which this thread adds
+    in part order before one clipped optimiser step. The step is the whole batch's mean-loss step
+    up to float rounding and dropout draws, and is deterministic for a given worker count.
+    Why: the default network's small operations do not split well over intra-op threads, so
+    parts on single-thread workers use the cores better (measured in docs/network.md).
+    """
+    if workers.count == 1:
+        with autocast(spectral.device):
+            logits = model(spectral, spatial, active)
+        loss = F.cross_entropy(logits.float(), target, label_smoothing=settings.label_smoothing)
+        _check_finite(loss)
+        optimizer_step(optimizer, scaler, loss, parameters, settings.grad_clip)
+        return loss.detach(), logits.detach()
+    size = int(target.shape[0])
+
+    def part_gradients(part: BatchPart) -> tuple[tuple[Tensor | None, ...], Tensor, Tensor]:
+        with dropout_generator(torch.Generator().manual_seed(part.dropout_seed)):
+            logits = model(part.spectral, part.spatial, part.active)
+        loss = F.cross_entropy(logits.float(), part.target, reduction="sum",
+                               label_smoothing=settings.label_smoothing) / size
+        gradients = torch.autograd.grad(loss, parameters, allow_unused=True)
+        return gradients, loss.detach(), logits.detach()
+
+    parts = split_batch(spectral, spatial, active, target, workers.count, dropout_seed)
+    results = list(map_in_batch_workers(part_gradients, parts, workers))
+    loss = torch.stack([part_loss for _, part_loss, _ in results]).sum()
+    _check_finite(loss)
+    gradients: list[Tensor | None] = []
+    for i in range(len(parameters)):
+        terms = [g for part, _, _ in results if (g := part[i]) is not None]
+        gradients.append(_sum_in_order(terms) if terms else None)
+    step_with_gradients(optimizer, parameters, gradients, settings.grad_clip)
+    return loss, torch.cat([logits for _, _, logits in results])
+
+
+def _sum_in_order(terms: list[Tensor]) -> Tensor:
+    total = terms[0].clone()
+    for term in terms[1:]:
+        total.add_(term)
+    return total
+
+
+def _check_finite(loss: Tensor) -> None:
+    if not torch.isfinite(loss):
+        raise ConfigError(f"the training loss became {float(loss)}", hint="lower --lr")
+
+
+def dropout_seeds(seed: int, epoch: int, step: int) -> Callable[[int], int]:
+    """The dropout seed of each part of one step's batch: a fixed function of (training seed,
+    epoch, step in the epoch, part), so a resumed run replays it."""
+    return lambda part: derived_seed("s2fin-dropout", seed, epoch, step, part)
+
+
 def train_epoch(
     model: nn.Module, train: PatchSet, settings: TrainSettings, device: torch.device,
     generator: torch.Generator, optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler, schedule: Schedule,
     after_step: Callable[[], None] | None = None,
+    workers: BatchWorkers | None = None,
 ) -> EpochStats:
     """One single-process epoch over ``train`` in batches drawn from ``generator``
-    (``after_step`` runs after every optimiser step, e.g. a weight average's update)."""
+    (``after_step`` runs after every optimiser step, e.g. a weight average's update;
+    ``workers``: how each batch is trained, see :func:`training_step`; default one batch at a
+    time)."""
+    workers = workers or BatchWorkers(1, torch.get_num_threads())
     lr = settings.lr
     loss_sum, correct, seen = 0.0, 0, 0
     parameters = list(model.parameters())
@@ -133,14 +238,13 @@ def train_epoch(
                                                   donors=train)
         spectral, spatial, active, target = (t.to(device, non_blocking=True) for t in
                                              (spectral, spatial, active, target))
-        with autocast(device):
-            logits = model(spectral, spatial, active)
-        loss = F.cross_entropy(logits.float(), target,
-                               label_smoothing=settings.label_smoothing)
-        if not torch.isfinite(loss):
-            raise ConfigError(f"the training loss became {float(loss)} in epoch "
-                              f"{schedule.epoch + 1}", hint="lower --lr")
-        optimizer_step(optimizer, scaler, loss, parameters, settings.grad_clip)
+        try:
+            loss, logits = training_step(model, spectral, spatial, active, target, settings,
+                                         optimizer, scaler, parameters, workers,
+                                         dropout_seeds(settings.seed, schedule.epoch, i))
+        except ConfigError as exc:
+            raise ConfigError(f"{exc.message} in epoch {schedule.epoch + 1}",
+                              hint=exc.hint) from None
         if after_step is not None:
             after_step()
         n = int(target.shape[0])
@@ -169,6 +273,7 @@ def evaluate_patch_set(model: nn.Module, patches: PatchSet, device: torch.device
 
 
 __all__ = [
+    "BatchPart",
     "EpochStats",
     "Schedule",
     "augment_batch",
@@ -177,5 +282,8 @@ __all__ = [
     "learning_rate",
     "optimizer_step",
     "set_learning_rate",
+    "split_batch",
+    "step_with_gradients",
     "train_epoch",
+    "training_step",
 ]

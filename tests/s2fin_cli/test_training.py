@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from models import S2Fin
+from s2fin_cli.acceleration import BatchWorkers
 from s2fin_cli.errors import ConfigError, ModelFileError
 from s2fin_cli.io.reader import open_stacked_scene
 from s2fin_cli.model_file import load_model_file
@@ -25,9 +27,11 @@ from s2fin_cli.training import (
     parse_ablate,
     run_training,
 )
+from s2fin_cli.training.steps import dropout_seeds, split_batch, training_step
 from s2fin_cli.training_data import augment, epoch_batches, extract_patch_set
 from tests.helpers import (
     make_training_data,
+    tiny_config,
     tiny_request,
     torch_threads,
 )
@@ -101,9 +105,12 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_model_file(path).state_dict
 
 
+# Two threads: each batch is split over two batch workers (dropout seeded per part).
+@pytest.mark.parametrize("threads", [1, 2])
 def test_resume_gives_the_same_weights_and_reruns_the_same_metrics(data: dict[str, Path],
-                                                                   tmp_path: Path) -> None:
-    with torch_threads(1):
+                                                                   tmp_path: Path,
+                                                                   threads: int) -> None:
+    with torch_threads(threads):
         full = run_training(tiny_request(data, tmp_path / "full.s2fin"))
         again = run_training(tiny_request(data, tmp_path / "again.s2fin"))
         out = tmp_path / "resumed.s2fin"
@@ -164,3 +171,63 @@ def test_test_classes_are_matched_to_training_classes_by_name() -> None:
     unnamed = ClassTable.from_ids([1, 2])
     assert label_lookup(ClassTable.from_ids([1, 2, 3]), unnamed,
                         by_name=False)[samples.classes].tolist() == [1, 2, 1]
+
+
+def _one_step(workers: BatchWorkers, dropout: float, parts_seed: int = 0
+              ) -> tuple[float, torch.Tensor, list[torch.Tensor]]:
+    """One training step of a fresh seeded tiny network on a fixed batch of 7 samples."""
+    torch.manual_seed(0)
+    model = S2Fin(tiny_config(dropout=dropout)).train()
+    cfg = model.config
+    g = torch.Generator().manual_seed(1)
+    p, s = cfg.patch_size, cfg.spectral_window
+    spectral = torch.randn(7, cfg.bands, s, s, generator=g)
+    spatial = torch.randn(7, cfg.reduced_bands, p, p, generator=g)
+    active = torch.randn(7, cfg.active_bands, p, p, generator=g)
+    target = torch.randint(0, cfg.num_classes, (7,), generator=g)
+    settings = TrainSettings()
+    parameters = list(model.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    torch.manual_seed(123)  # the loop seeds the global generator per epoch
+    loss, logits = training_step(model, spectral, spatial, active, target, settings, optimizer,
+                                 scaler, parameters, workers,
+                                 dropout_seeds(settings.seed + parts_seed, 0, 0))
+    return float(loss), logits, [t.detach().clone() for t in parameters]
+
+
+def test_a_batch_split_over_workers_takes_the_whole_batch_step() -> None:
+    with torch_threads(1):
+        whole = _one_step(BatchWorkers(1, 1), dropout=0.0)
+        split = _one_step(BatchWorkers(3, 1), dropout=0.0)
+    assert split[0] == pytest.approx(whole[0], abs=1e-6)
+    assert torch.allclose(split[1], whole[1], atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(split[2], whole[2], strict=True))
+    moved = sum(float((a - b).abs().sum()) for a, b in zip(whole[2], _fresh_parameters(),
+                                                           strict=True))
+    assert moved > 0  # the step did change the weights
+
+
+def _fresh_parameters() -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    return [t.detach() for t in S2Fin(tiny_config(dropout=0.0)).parameters()]
+
+
+def test_a_split_step_with_dropout_is_deterministic_and_seeded_per_part() -> None:
+    with torch_threads(1):
+        a = _one_step(BatchWorkers(2, 1), dropout=0.3)
+        b = _one_step(BatchWorkers(2, 1), dropout=0.3)
+        c = _one_step(BatchWorkers(2, 1), dropout=0.3, parts_seed=1)
+    assert a[0] == b[0] and torch.equal(a[1], b[1])
+    assert all(torch.equal(x, y) for x, y in zip(a[2], b[2], strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(a[2], c[2], strict=True))
+
+
+def test_split_batch_parts_are_contiguous_and_near_equal() -> None:
+    x = torch.arange(5)
+    parts = split_batch(x, x, x, x, 2, lambda k: 10 + k)
+    assert [p.target.tolist() for p in parts] == [[0, 1, 2], [3, 4]]
+    assert [p.dropout_seed for p in parts] == [10, 11]
+    assert len(split_batch(x[:1], x[:1], x[:1], x[:1], 4, lambda k: k)) == 1
+    seeds = dropout_seeds(0, 1, 2)
+    assert seeds(0) != seeds(1) and seeds(0) == dropout_seeds(0, 1, 2)(0)
