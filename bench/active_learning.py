@@ -113,7 +113,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1,
                    help="(scene, seed) runs in parallel processes")
     p.add_argument("--epochs", type=int, default=None,
-                   help="smoke tests only: fewer epochs than s2fin train's default")
+                   help="smoke tests only: this many epochs and no step floor instead of "
+                        "s2fin train's defaults")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "active-learning.md")
     p.add_argument("--plot", type=Path, default=None,
                    help="the PNG (default: --out with .png)")
@@ -231,7 +232,7 @@ def _train(bench: BenchScene, labels: Samples, setup: dict[str, Any], workdir: P
     aux = {"lidar": bench.aux} if bench.aux_kind == "lidar" else {"sar": bench.aux}
     settings = TrainSettings()
     if epochs is not None:
-        settings = replace(settings, epochs=epochs, warmup_epochs=0)
+        settings = replace(settings, epochs=epochs, warmup_epochs=0, min_steps=0)
     request = TrainRequest(labels=path, hsi=bench.optical, test_labels=setup["test_path"],
                            output=workdir / "model.s2fin", overwrite=True, device="cpu",
                            settings=settings, **aux)
@@ -321,9 +322,10 @@ def merge_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def mean_curve(result: dict[str, Any], name: str) -> list[dict[str, float]]:
-    """The curve of one strategy averaged over seeds (label counts are the same for each)."""
+    """The curve of one strategy averaged over seeds (labels too: where the spacing rule left
+    ``suggest`` fewer pixels than asked, the seeds' counts differ)."""
     runs = [curves[name] for curves in result["seeds"].values()]
-    return [{"labels": runs[0][i]["labels"],
+    return [{"labels": float(np.mean([r[i]["labels"] for r in runs])),
              "oa": float(np.mean([r[i]["oa"] for r in runs])),
              "aa": float(np.mean([r[i]["aa"] for r in runs]))} for i in range(len(runs[0]))]
 
@@ -335,10 +337,10 @@ def labels_to_reach(curve: list[dict[str, float]], target: float) -> tuple[int |
     for i, point in enumerate(curve):
         if point["oa"] >= target - 1e-12:
             if i == 0:
-                return int(point["labels"]), float(point["labels"])
+                return round(point["labels"]), float(point["labels"])
             prev = curve[i - 1]
             frac = (target - prev["oa"]) / (point["oa"] - prev["oa"])
-            return int(point["labels"]), prev["labels"] + frac * (point["labels"]
+            return round(point["labels"]), prev["labels"] + frac * (point["labels"]
                                                                   - prev["labels"])
     return None, None
 
@@ -347,7 +349,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     """Labels each strategy needs to reach the random strategy's final OA."""
     curves = {name: mean_curve(result, name) for name, _ in STRATEGIES}
     target = curves["random"][-1]["oa"]
-    final = curves["random"][-1]["labels"]
+    final = round(curves["random"][-1]["labels"])
     need = {name: labels_to_reach(curve, target) for name, curve in curves.items()}
     saving = {name: (None if n is None else 1 - n / final) for name, (n, _) in need.items()}
     return {"curves": curves, "target": target, "random_final": final, "need": need,
@@ -378,6 +380,9 @@ def _rerender(args: argparse.Namespace) -> int:
     command, wall time and options are kept; only ``--out`` and ``--plot`` are taken from
     this command line)."""
     data = json.loads(Path(args.from_json).read_text())
+    if "schedule" not in data["args"]:
+        raise SystemExit(f"{args.from_json} comes from the bench before --schedule (fixed rounds "
+                         "of --per-round labels): rebuild it with that version (git 6910e15)")
     run_args = argparse.Namespace(**data["args"])
     run_args.out, run_args.plot = args.out, args.plot
     results = data["results"]

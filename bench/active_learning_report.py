@@ -164,7 +164,7 @@ def curve_table(result: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     for i, point in enumerate(curves["random"]):
         oa = " | ".join(cell(n, i, "oa") for n in names)
         aa = " | ".join(cell(n, i, "aa") for n in names)
-        lines.append(f"| {point['labels']} | {oa} | {aa} |")
+        lines.append(f"| {point['labels']:.0f} | {oa} | {aa} |")
     return lines
 
 
@@ -265,8 +265,9 @@ def render(results: list[dict[str, Any]], summaries: list[dict[str, Any]],
         lines.append("* This page was rebuilt from that run's JSON (`--from-json`); every "
                      "number is the run's.")
     if args.epochs is not None:
-        lines.append(f"* **Smoke run: epochs overridden to {args.epochs}**, not `s2fin train`'s "
-                     "defaults; these numbers say nothing about active learning.")
+        lines.append(f"* **Smoke run: epochs overridden to {args.epochs}** and no step floor, "
+                     "not `s2fin train`'s defaults; these numbers say nothing about active "
+                     "learning.")
     if meta["skipped"]:
         lines.append(f"* Skipped (data not present): {', '.join(meta['skipped'])}.")
     lines += ["", "## Headline: labels needed to reach the random strategy's final OA", "",
