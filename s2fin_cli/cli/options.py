@@ -24,8 +24,9 @@ Threads = Annotated[
     int | None,
     typer.Option("--threads", help="CPU threads for torch (default: the CPUs this process may "
                  "use, from its affinity and cgroup quota, or OMP_NUM_THREADS; on a machine busy "
-                 "with other jobs --threads 1 can be faster). Classifying on the CPU, each "
-                 "thread takes its own batch (up to 8 batches at once)."),
+                 "with other jobs --threads 1 can be faster). On the CPU each thread classifies "
+                 "its own batch (up to 8 at once) and, training, its own part of every batch: "
+                 "a training run is reproducible for a given --threads."),
 ]
 Compile = Annotated[
     str,
