@@ -101,12 +101,10 @@ def verdict(results: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> l
              if s["saving"]["uncertainty"] is not None
              and s["saving"]["uncertainty"] >= TARGET_SAVING - 1e-9]
     text.append(f"For comparison, uncertainty alone (no spacing, no diversity) did so on "
-                f"{len(plain)} of {total} scene(s): the saving comes from asking where the "
-                "model is unsure; the spacing and diversity rules do not add to it in these "
-                "numbers (the mean OA table below)."
-                if len(plain) >= len(met) else
-                f"For comparison, uncertainty alone (no spacing, no diversity) did so on "
-                f"{len(plain)} of {total} scene(s).")
+                f"{len(plain)} of {total} scene(s)"
+                + (": the saving comes from asking where the model is unsure; the spacing and "
+                   "diversity rules do not add to it in these numbers (the mean OA table below)."
+                   if len(plain) >= len(met) else "."))
     possible = sorted({round(100 * (1 - p['labels'] / s['random_final']))
                        for s in summaries for p in s["curves"]["suggest"][1:]})
     text.append("The rounds fix which savings can be measured at all: a strategy that reaches "

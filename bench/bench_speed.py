@@ -185,15 +185,15 @@ def measure_network(name: str, scene: Path, work: Path, device: torch.device,
     # The CLI's path: batches side by side in the batch workers; and one batch at a time on all
     # threads (what predict did before the workers), in the same run for the ratio.
     workers = batch_workers(device.type, torch.get_num_threads())
+    one_batch = BatchWorkers(1, torch.get_num_threads())  # one batch at a time, all threads
     row["batch_workers"] = f"{workers.count} x {workers.threads_each} thread(s)"
     row["forward_px_s"] = forward_rate(model, inputs, device, args.repeats, workers)
-    row["forward_one_batch_px_s"] = forward_rate(model, inputs, device, args.repeats,
-                                                 BatchWorkers(1, torch.get_num_threads()))
+    row["forward_one_batch_px_s"] = forward_rate(model, inputs, device, args.repeats, one_batch)
     if args.compile:
         decision = maybe_compile(model, device, "on")
         start = time.perf_counter()
         # compiles, in this thread, before the batch workers call it
-        forward_rate(decision.model, inputs, device, 1, BatchWorkers(1, torch.get_num_threads()))
+        forward_rate(decision.model, inputs, device, 1, one_batch)
         row["compile_seconds"] = time.perf_counter() - start
         row["compiled_forward_px_s"] = forward_rate(decision.model, inputs, device,
                                                     args.repeats, workers)
@@ -203,8 +203,7 @@ def measure_network(name: str, scene: Path, work: Path, device: torch.device,
         row["train_steps_s"] = train_rate(bundle.build_model(device), device, args.repeats,
                                           workers)
         row["train_one_batch_steps_s"] = train_rate(bundle.build_model(device), device,
-                                                    args.repeats,
-                                                    BatchWorkers(1, torch.get_num_threads()))
+                                                    args.repeats, one_batch)
     return row
 
 

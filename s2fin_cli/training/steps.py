@@ -110,23 +110,18 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
     """Backward ``loss``, clip the gradient norm (when ``grad_clip`` > 0), step, update AMP."""
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()  # type: ignore[no-untyped-call]  # torch leaves it untyped
+    _clip_and_step(optimizer, scaler, parameters, grad_clip)
+
+
+def _clip_and_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   parameters: list[nn.Parameter], grad_clip: float) -> None:
+    """Clip the gradient norm (when ``grad_clip`` > 0), step, update AMP (a disabled scaler
+    makes unscale and update no-ops and step a plain ``optimizer.step()``)."""
     if grad_clip > 0:
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(parameters, grad_clip)
     scaler.step(optimizer)
     scaler.update()
-
-
-def step_with_gradients(optimizer: torch.optim.Optimizer, parameters: list[nn.Parameter],
-                        gradients: list[Tensor | None], grad_clip: float) -> None:
-    """Set the gradients, clip their norm (when ``grad_clip`` > 0) and step (fp32, no scaler:
-    the split step runs on the CPU only)."""
-    optimizer.zero_grad(set_to_none=True)
-    for parameter, gradient in zip(parameters, gradients, strict=True):
-        parameter.grad = gradient
-    if grad_clip > 0:
-        nn.utils.clip_grad_norm_(parameters, grad_clip)
-    optimizer.step()
 
 
 @dataclass(frozen=True)
@@ -189,11 +184,11 @@ def training_step(model: nn.Module, spectral: Tensor, spatial: Tensor, active: T
     results = list(map_in_batch_workers(part_gradients, parts, workers))
     loss = torch.stack([part_loss for _, part_loss, _ in results]).sum()
     _check_finite(loss)
-    gradients: list[Tensor | None] = []
-    for i in range(len(parameters)):
+    optimizer.zero_grad(set_to_none=True)
+    for i, parameter in enumerate(parameters):
         terms = [g for part, _, _ in results if (g := part[i]) is not None]
-        gradients.append(_sum_in_order(terms) if terms else None)
-    step_with_gradients(optimizer, parameters, gradients, settings.grad_clip)
+        parameter.grad = _sum_in_order(terms) if terms else None
+    _clip_and_step(optimizer, scaler, parameters, settings.grad_clip)
     return loss, torch.cat([logits for _, _, logits in results])
 
 
@@ -283,7 +278,6 @@ __all__ = [
     "optimizer_step",
     "set_learning_rate",
     "split_batch",
-    "step_with_gradients",
     "train_epoch",
     "training_step",
 ]
