@@ -20,6 +20,9 @@ TARGET_SAVING = 0.30  # the issue's bar: at least 30 % fewer labels than random'
 
 # The recipe as a run's JSON recorded it; runs from before a field existed lack it.
 def _schedule(train: dict[str, Any]) -> str:
+    if train.get("min_steps") is None and train.get("steps_per_class"):
+        return (f"max({train['epochs']} epochs, {train['steps_per_class']} optimiser steps per "
+                "class)")
     if train.get("min_steps"):
         return f"max({train['epochs']} epochs, {train['min_steps']} optimiser steps)"
     return f"{train['epochs']} epochs at most"

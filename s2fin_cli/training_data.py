@@ -85,6 +85,11 @@ class PatchSet:
         return int(self.targets.shape[0])
 
     @property
+    def class_count(self) -> int:
+        """Classes with at least one sample here."""
+        return int(torch.unique(self.targets).numel())
+
+    @property
     def nbytes(self) -> int:
         return sum(t.element_size() * t.nelement()
                    for t in (self.spectral, self.spatial, self.active, self.targets))

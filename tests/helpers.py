@@ -189,7 +189,7 @@ def tiny_request(data: dict[str, Path], output: Path, **overrides: object) -> Tr
     # epochs and steps, a tiny network, a height window that fits the 32 px scene.
     defaults, net_defaults = TrainSettings(), NetworkOptions()
     settings = dataclasses.replace(defaults, epochs=3, batch_size=16, warmup_epochs=1,
-                                   patience=5, seed=0, min_steps=min(defaults.min_steps, 12))
+                                   patience=5, seed=0, min_steps=12)
     network_fields = {f.name for f in dataclasses.fields(NetworkOptions)}
     network = dataclasses.replace(net_defaults, patch_size=7, spectral_window=3, pca=3, dim=8,
                                   depth=1, height_window=min(net_defaults.height_window, 5))

@@ -347,8 +347,8 @@ def _recipe_line(changes: dict[str, Any]) -> str:
             f"{net.spectral_window}, PCA {net.pca}, dim {net.dim}, depth {net.depth}, dropout "
             f"{net.dropout}, stems {net.optical_stem_norm}/{net.active_stem_norm}, height "
             f"window {net.height_window or 'off'}; AdamW lr {st.lr:g}, weight decay "
-            f"{st.weight_decay:g}, batch {st.batch_size}, max({st.epochs} epochs, "
-            f"{st.min_steps} steps), warm-up {st.warmup_epochs} epochs + cosine, label "
+            f"{st.weight_decay:g}, batch {st.batch_size}, {st.describe_schedule()}, "
+            f"warm-up {st.warmup_epochs} epochs + cosine, label "
             f"smoothing {st.label_smoothing:g}, flips/rotations"
             + (f", gain jitter ±{st.gain_jitter:g} and noise {st.spectral_noise:g}"
                if st.gain_jitter or st.spectral_noise else "")

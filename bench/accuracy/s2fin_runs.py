@@ -70,7 +70,9 @@ def parse_changes(items: list[str]) -> dict[str, Any]:
             raise ValueError(f"--set {item!r}: give FIELD=VALUE with FIELD one of "
                              f"{', '.join(RECIPE_FIELDS)}")
         kind = type(defaults[key])
-        if kind is bool:
+        if defaults[key] is None:  # an optional number (min_steps: None = the per-class rule)
+            out[key] = None if text.strip().lower() == "none" else int(text)
+        elif kind is bool:
             out[key] = text.strip().lower() in ("1", "true", "yes", "on")
         elif kind is tuple:
             out[key] = tuple(t.strip() for t in text.split(",") if t.strip())

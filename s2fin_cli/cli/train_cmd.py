@@ -110,9 +110,11 @@ def train(
                           "improvement.")
     ] = _D.patience,
     min_steps: Annotated[
-        int, typer.Option("--min-steps", help="At least this many optimiser steps, however few "
-                          "the labels (the run lasts max(--epochs, steps / batches per epoch) "
-                          "epochs).")
+        int | None, typer.Option("--min-steps", help="At least this many optimiser steps, "
+                                 "however few the labels (the run lasts max(--epochs, steps / "
+                                 "batches per epoch) epochs); 0: --epochs only. Default: "
+                                 f"{TrainSettings.STEPS_PER_CLASS} per class.",
+                                 show_default=False)
     ] = _D.min_steps,
     semi: Annotated[
         bool, typer.Option("--semi/--no-semi", help="Self-training: after the fit, label the "

@@ -210,7 +210,7 @@ def fit(
                                   weight_decay=settings.weight_decay)
     steps_per_epoch = len(epoch_batches(len(train), settings.batch_size * ctx.world_size,
                                         torch.Generator().manual_seed(0)))
-    epochs = settings.epochs_for(steps_per_epoch)
+    epochs = settings.epochs_for(steps_per_epoch, train.class_count)
     total_steps = epochs * steps_per_epoch
     warmup_steps = min(settings.warmup_epochs * steps_per_epoch, total_steps // 2)
     use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()

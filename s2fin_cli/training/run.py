@@ -426,13 +426,14 @@ def _announce(model: nn.Module, split: Split, settings: TrainSettings, device: t
               ctx: RunContext) -> None:
     n_params = parameter_table(model)[-1][1]
     per_epoch = -(-len(split.train) // (settings.batch_size * ctx.world_size))
+    epochs = settings.epochs_for(per_epoch, len(np.unique(split.train.classes)))
     world = ""
     if ctx.world_size > 1:
         world = (f" x {ctx.world_size} ranks ({ctx.describe().get('backend')}; batch "
                  f"{settings.batch_size} per rank, {settings.batch_size * ctx.world_size} "
                  "effective)")
     console.note(f"training S²Fin ({n_params:,} parameters) on {len(split.train)} samples, "
-                 f"validating on {len(split.val)}, {settings.epochs_for(per_epoch)} epochs "
+                 f"validating on {len(split.val)}, {epochs} epochs "
                  f"{'max' if len(split.val) else '(fixed schedule)'}, "
                  f"device {device}" + world)
 

@@ -102,3 +102,15 @@ def test_analyst_features_hold_neighbourhood_and_height() -> None:
     mean3 = patches.spatial[:, :CONTEXT_PCA, 3:6, 3:6].mean((-1, -2)).double().numpy()
     np.testing.assert_allclose(x[:, 22:22 + CONTEXT_PCA], mean3, atol=1e-6)
     assert context_features(patches, None).shape[1] == x.shape[1] - 2
+
+
+def test_recipe_changes_are_typed_like_the_defaults() -> None:
+    from bench.accuracy.s2fin_runs import parse_changes
+
+    changes = parse_changes(["epochs=2", "lr=0.0005", "augment=false", "ablate=afcm,hfrm",
+                             "min_steps=0"])
+    assert changes == {"epochs": 2, "lr": 0.0005, "augment": False, "ablate": ("afcm", "hfrm"),
+                       "min_steps": 0}
+    # min_steps defaults to None (the per-class floor): a number, or none for the rule.
+    assert parse_changes(["min_steps=72"]) == {"min_steps": 72}
+    assert parse_changes(["min_steps=none"]) == {"min_steps": None}

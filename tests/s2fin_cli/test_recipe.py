@@ -275,11 +275,34 @@ def test_parse_stem_norm() -> None:
 
 def test_min_steps_is_a_floor_that_does_not_shrink_with_the_labels() -> None:
     settings = TrainSettings(epochs=2, min_steps=10)
-    assert settings.epochs_for(3) == 4 and settings.epochs_for(10) == 2
-    assert TrainSettings(epochs=5, min_steps=0).epochs_for(1) == 5  # 0: epochs only
-    assert TrainSettings(epochs=5).epochs_for(1) == TrainSettings().min_steps  # the default floor
+    assert settings.epochs_for(3, 4) == 4 and settings.epochs_for(10, 4) == 2
+    assert settings.epochs_for(3, 11) == 4  # a given floor does not depend on the classes
+    assert TrainSettings(epochs=5, min_steps=0).epochs_for(1, 4) == 5  # 0: epochs only
     with pytest.raises(ConfigError):
         TrainSettings(min_steps=-1).validate()
+
+
+def test_the_default_step_floor_grows_with_the_classes_not_the_labels() -> None:
+    per_class = TrainSettings.STEPS_PER_CLASS
+    default = TrainSettings(epochs=5)
+    assert default.min_steps is None
+    assert [default.step_floor(c) for c in (2, 4, 11)] == [2 * per_class, 4 * per_class,
+                                                           11 * per_class]
+    # Two classes of 5 or of 20 labels (one batch per epoch): the same number of steps.
+    assert default.epochs_for(1, 2) == 2 * per_class
+    # 11 classes x 10 labels, batch 32: 4 batches per epoch, ceil(198 / 4) epochs.
+    assert default.epochs_for(4, 11) == -(-11 * per_class // 4)
+    # Many labels: the epochs are the longer schedule.
+    assert TrainSettings(epochs=30).epochs_for(11, 11) == 30
+    TrainSettings().validate()
+
+
+def test_the_step_floor_counts_the_classes_that_have_training_samples() -> None:
+    patches = _patch_set(12)  # targets 0, 1, 2
+    assert patches.class_count == 3
+    one_class = PatchSet(patches.spectral, patches.spatial, patches.active,
+                         torch.zeros(12, dtype=torch.long))
+    assert one_class.class_count == 1
 
 
 def _patch_set(n: int = 12, seed: int = 0) -> PatchSet:
@@ -352,6 +375,21 @@ def test_fit_keeps_the_averaged_weights(tmp_path: Path) -> None:
     differs = [not torch.equal(result.best_state[k], result.final_state[k])
                for k in result.best_state if result.best_state[k].is_floating_point()]
     assert any(differs)
+
+
+def test_fit_runs_the_default_floor_of_the_classes_it_trains(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(TrainSettings, "STEPS_PER_CLASS", 3)
+    settings = TrainSettings(epochs=1, batch_size=32, warmup_epochs=0)  # 12 samples: 1 batch
+    p = _patch_set(12)
+    two = PatchSet(p.spectral, p.spatial, p.active, p.targets % 2)
+    runs = []
+    for patches in (p, two):
+        with torch_threads(1):
+            torch.manual_seed(0)
+            runs.append(fit(S2Fin(tiny_config(6, 1, 3)), patches, None, settings,
+                            torch.device("cpu")).epochs_run)
+    assert runs == [9, 6]  # 3 steps per class, one step per epoch
 
 
 # -- validation strategy -----------------------------------------------------------------------
