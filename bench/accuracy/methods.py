@@ -57,7 +57,7 @@ RECIPE_ELEMENTS: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "stem-norm": ("GroupNorm per patch in both stems (the old network)",
                   {"optical_stem_norm": "group", "active_stem_norm": "group"}, None),
     "height": ("no height-above-ground input", {"height_window": 0}, "lidar"),
-    "step-floor": ("no step floor: 30 epochs only", {"min_steps": 0}, None),
+    "step-floor": ("no step floor: the epochs only", {"min_steps": 0}, None),
     "class-floor": ("a flat floor of 200 steps whatever the number of classes (the previous "
                     "default)", {"min_steps": 200}, None),
     "radiometric": ("no radiometric augmentation", {"gain_jitter": 0.0, "spectral_noise": 0.0},
