@@ -31,7 +31,7 @@ class TrainSettings:
 
     # Limited-label recipe (docs/benchmarks.md, "recipe elements"): at least the step floor
     # whatever the labels (N = 10 labels of 11 classes: 198 steps), 45 epochs when there are
-    # more (the sample scene's 330 labels: 495 steps; over its seeds 0-4 test OA 81.89 % on
+    # more (the sample scene's 330 labels: 495 steps; over its seeds 0-4 test OA 81.81 % on
     # average with 30 epochs, 83.94 % with 45, higher on every seed; at N = 20 on the generated
     # scenes 45 epochs were level with 30: docs/network.md, "Epochs"), AdamW with warm-up +
     # cosine, flips/rotations and radiometric augmentation.
