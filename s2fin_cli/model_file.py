@@ -1,6 +1,7 @@
 """The model file: one safetensors file whose JSON metadata makes it self-describing.
 
-Layout (format version 1; version 2 adds derived inputs, ``preprocessing.derived``):
+Layout (format version 1; version 2 adds derived inputs, ``preprocessing.derived``; version 3
+the height above ground's ground rule and place, ``derived.ground`` and ``derived.replace_dsm``):
 
 - tensors ``model.*``: the network's state dict; ``preprocessing.*``: normalisation and PCA.
 - metadata ``format`` = ``s2fin-model``, ``format_version``, ``s2fin`` (a JSON document: network
@@ -41,8 +42,11 @@ from s2fin_cli.values import ValueSummary, check_values, summarize_scene
 
 FORMAT_NAME = "s2fin-model"
 # The newest format written and read. 2: the preprocessing may derive inputs from the LiDAR
-# (metadata ``preprocessing.derived``); a file without derived inputs is still written as 1.
-FORMAT_VERSION = 2
+# (metadata ``preprocessing.derived``); 3: the height above ground names its ground rule and
+# whether it replaces the DSM (``derived.ground``, ``derived.replace_dsm``; a version-2 file
+# appended it over the minimum). A file is written with the oldest
+# version that holds it (:func:`_format_version`), so an older s2fin still reads the rest.
+FORMAT_VERSION = 3
 DEFAULT_MODEL_PATH = Path("model.s2fin")
 _MODEL_PREFIX = "model."
 _PRE_PREFIX = "preprocessing."
@@ -223,15 +227,21 @@ def save_model_file(path: str | os.PathLike[str], bundle: ModelBundle, *,
     """Write ``bundle`` atomically to ``path``."""
     tensors = _tensors(bundle)
     document = json.dumps(bundle.metadata_json(), sort_keys=True, allow_nan=False)
-    # Files with derived inputs are version 2 (an older s2fin refuses them: "upgrade s2fin");
-    # every other file keeps version 1, which any s2fin reads.
-    version = FORMAT_VERSION if bundle.preprocessor.derived.active else 1
+    version = _format_version(bundle.preprocessor.derived)
     metadata = {"format": FORMAT_NAME, "format_version": str(version), "s2fin": document,
                 "checksum": _checksum(document, tensors)}
     final = Path(path)
     with atomic_output(final, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return final
+
+
+def _format_version(derived: DerivedInputs) -> int:
+    """The oldest format that holds a file with these derived inputs (a reader of an older
+    version refuses it: "upgrade s2fin", rather than computing other inputs)."""
+    if derived.height_window:
+        return 3  # ground and replace_dsm
+    return 2 if derived.active else 1
 
 
 # A model file read from a pipe (``-m <(cat model.s2fin)``) is held in memory: at most this big.

@@ -33,14 +33,26 @@ from s2fin_cli.io.windows import block_count, iter_blocks
 _MIN_STD = 1e-6
 
 
+# How the ground under a DSM is estimated for the height above ground (DerivedInputs.ground):
+# "opening": the morphological opening (a maximum filter of the minimum filter) over the
+# window, which follows sloping terrain; "minimum": the minimum filter smoothed by a box of the
+# window, which lies below sloping terrain by up to half the window times the slope (the rule of
+# model files written before "opening"; they keep it).
+GROUND_RULES = ("opening", "minimum")
+
+
 @dataclass(frozen=True)
 class DerivedInputs:
     """Channels derived from the raw LiDAR/SAR on the fly (stored in the model file).
 
-    ``height_window`` (odd, pixels; 0 = none): append the height above ground of the first
-    LiDAR band (the DSM), ``dsm - box(min(dsm))`` with a ``height_window``-square minimum filter
-    (the ground under objects narrower than the window) smoothed by a box of the same size. A
-    patch sees a few metres around its pixel; the ground under a wide roof lies further out.
+    ``height_window`` (odd, pixels; 0 = none): the height above ground of the first LiDAR band
+    (the DSM): the DSM minus a ground estimate over a ``height_window``-square window
+    (``ground``, one of :data:`GROUND_RULES`), which removes objects narrower than the window.
+    A patch sees a few metres around its pixel; the ground under a wide roof lies further out.
+    With ``replace_dsm`` the height takes the DSM's place in the active input: the DSM's
+    absolute elevation is where a pixel lies in hilly terrain more than what it is, and a
+    network trained on a few labelled objects learns their elevations (docs/network.md,
+    "Height instead of elevation"). Without it (files from before) the height is appended.
 
     ``sar_window`` (odd, pixels; 0 = none): append the local mean of every SAR band over a
     ``sar_window``-square box (a multi-look estimate: speckle averaged out).
@@ -48,6 +60,8 @@ class DerivedInputs:
 
     height_window: int = 0
     sar_window: int = 0
+    ground: str = "opening"
+    replace_dsm: bool = True
 
     def __post_init__(self) -> None:
         for name in ("height_window", "sar_window"):
@@ -56,18 +70,27 @@ class DerivedInputs:
                     or (w and (w % 2 == 0 or w < 3)):
                 raise ValueError(f"the {name.replace('_', ' ')} must be 0 or an odd number "
                                  f">= 3, got {w!r}")
+        if not isinstance(self.replace_dsm, bool):
+            raise ValueError(f"replace_dsm must be true or false, got {self.replace_dsm!r}")
+        if self.ground not in GROUND_RULES:
+            raise ValueError(f"the ground rule must be one of {', '.join(GROUND_RULES)}, "
+                             f"got {self.ground!r}")
 
     @property
     def active(self) -> bool:
         return bool(self.height_window or self.sar_window)
 
+    @property
+    def _appended_height(self) -> bool:
+        return bool(self.height_window) and not self.replace_dsm
+
     def channels_for(self, raw_bands: int) -> int:
         """Channels appended to ``raw_bands`` auxiliary bands."""
-        return (1 if self.height_window else 0) + (raw_bands if self.sar_window else 0)
+        return (1 if self._appended_height else 0) + (raw_bands if self.sar_window else 0)
 
     def raw_bands(self, total: int) -> int:
         """The raw auxiliary bands behind ``total`` channels of the active input."""
-        rest = total - (1 if self.height_window else 0)
+        rest = total - (1 if self._appended_height else 0)
         return rest // 2 if self.sar_window else rest
 
     @property
@@ -77,7 +100,7 @@ class DerivedInputs:
 
     def names(self, band_names: tuple[str, ...] = ()) -> tuple[str, ...]:
         """Names of the appended channels (``band_names``: the raw auxiliary bands)."""
-        out: tuple[str, ...] = ("height above ground",) if self.height_window else ()
+        out: tuple[str, ...] = ("height above ground",) if self._appended_height else ()
         if self.sar_window:
             w = self.sar_window
             out += tuple(f"{b} mean {w}x{w}" for b in band_names)
@@ -86,23 +109,33 @@ class DerivedInputs:
     def describe(self) -> str:
         parts = []
         if self.height_window:
-            parts.append(f"height above ground (window {self.height_window} px)")
+            parts.append(f"height above ground {'in place of' if self.replace_dsm else 'beside'}"
+                         f" the DSM (window {self.height_window} px, ground: {self.ground})")
         if self.sar_window:
             parts.append(f"local means of the SAR bands ({self.sar_window} x "
                          f"{self.sar_window} px)")
         return ", ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in (("height_window", self.height_window),
-                                  ("sar_window", self.sar_window)) if v}
+        out: dict[str, Any] = {k: v for k, v in (("height_window", self.height_window),
+                                                 ("sar_window", self.sar_window)) if v}
+        if self.height_window:
+            out.update(ground=self.ground, replace_dsm=self.replace_dsm)
+        return out
 
     @classmethod
     def from_json(cls, data: Any) -> DerivedInputs:
         if data is None:
             return cls()
-        if not isinstance(data, dict) or set(data) - {"height_window", "sar_window"}:
+        if not isinstance(data, dict) or set(data) - {"height_window", "sar_window", "ground",
+                                                      "replace_dsm"}:
             raise ValueError(f"bad derived inputs {data!r}")
-        return cls(data.get("height_window", 0), data.get("sar_window", 0))
+        height = data.get("height_window", 0)
+        # A height without these keys: a file from before them (format 2), which appended the
+        # height over the minimum.
+        return cls(height, data.get("sar_window", 0),
+                   data.get("ground", "minimum" if height else cls.ground),
+                   data.get("replace_dsm", not height))
 
 
 def _box(x: Tensor, size: int) -> Tensor:
@@ -113,19 +146,33 @@ def _box(x: Tensor, size: int) -> Tensor:
     return torch.where(count > 0, total / count.clamp_min(1e-12), torch.nan)
 
 
-def height_above_ground(dsm: Tensor, window: int) -> Tensor:
+def height_above_ground(dsm: Tensor, window: int, ground: str = "opening") -> Tensor:
     """(H, W) DSM → (H - 2c, W - 2c) height above ground, c = window - 1 ('valid' filters: the
-    margin is consumed, so the result is exact wherever the input covers the context).
-    NaN (nodata) is ignored by the ground estimate and stays NaN in the result."""
+    margin is consumed, so the result is exact wherever the input covers the context), over the
+    ground estimate ``ground`` (:data:`GROUND_RULES`). NaN (nodata) is ignored by the ground
+    estimate and stays NaN in the result."""
     x = dsm[None, None]
-    low = -F.max_pool2d(torch.where(torch.isfinite(x), -x, -torch.inf), (1, window), stride=1)
-    low = -F.max_pool2d(-low, (window, 1), stride=1)  # separable: exact for a minimum
+    low = _minimum(torch.where(torch.isfinite(x), x, torch.inf), window)  # +inf: no data
+    c = window - 1
+    core = x[..., c:x.shape[-2] - c, c:x.shape[-1] - c]
+    if ground == "opening":
+        # Minimum then maximum over the window (c = 2 half widths): exact on planar terrain,
+        # so a slope adds no height, while anything narrower than the window is removed.
+        opened = _maximum(torch.where(torch.isinf(low), -torch.inf, low), window)
+        return (core - torch.where(torch.isinf(opened), torch.nan, opened))[0, 0]
     # The box mean in float64: elevations of hundreds of metres summed over a large window
     # would lose centimetres in float32.
-    ground = _box(torch.where(torch.isinf(low), torch.nan, low).double(), window)
-    c = window - 1
-    core = x[..., c:x.shape[-2] - c, c:x.shape[-1] - c].double()
-    return (core - ground)[0, 0].to(dsm.dtype)
+    smoothed = _box(torch.where(torch.isinf(low), torch.nan, low).double(), window)
+    return (core.double() - smoothed)[0, 0].to(dsm.dtype)
+
+
+def _maximum(x: Tensor, size: int) -> Tensor:
+    """Maximum over ``size``-square windows of (N, 1, H, W) maps ('valid'; separable: exact)."""
+    return F.max_pool2d(F.max_pool2d(x, (1, size), stride=1), (size, 1), stride=1)
+
+
+def _minimum(x: Tensor, size: int) -> Tensor:
+    return -_maximum(-x, size)
 
 
 def _crop(x: Tensor, c: int) -> Tensor:
@@ -138,14 +185,18 @@ def derive(aux: Tensor, derived: DerivedInputs) -> Tensor:
     c = derived.context
     if not c:
         return aux
-    extra = []
+    raw, extra = _crop(aux, c), []
     if derived.height_window:
-        extra.append(height_above_ground(_crop(aux[0], c - (derived.height_window - 1)),
-                                         derived.height_window)[None])
+        height = height_above_ground(_crop(aux[0], c - (derived.height_window - 1)),
+                                     derived.height_window, derived.ground)[None]
+        if derived.replace_dsm:
+            raw = torch.cat([height, raw[1:]])
+        else:
+            extra.append(height)
     if derived.sar_window:
         half = derived.sar_window // 2
         extra.append(_box(_crop(aux, c - half)[:, None], derived.sar_window)[:, 0])
-    return torch.cat([_crop(aux, c), *extra])
+    return torch.cat([raw, *extra])
 
 
 @dataclass(frozen=True)

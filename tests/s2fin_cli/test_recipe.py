@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from scipy import ndimage
 
 from models import S2Fin, S2FinConfig
 from models.layers import ConvStem
 from s2fin_cli.classes import ClassTable
 from s2fin_cli.errors import ConfigError
+from s2fin_cli.hashing import tensors_digest
 from s2fin_cli.inference import BlockPredictor, BlockResult, predict_scene, scene_blocks
 from s2fin_cli.io.reader import open_stacked_scene
 from s2fin_cli.io.windows import reflect_indices
@@ -26,6 +28,7 @@ from s2fin_cli.io.writer import write_raster
 from s2fin_cli.model_file import ModalitySpec, ModelBundle, load_model_file, save_model_file
 from s2fin_cli.patches import PatchGeometry, gather_patches
 from s2fin_cli.preprocessing import (
+    GROUND_RULES,
     DerivedInputs,
     Preprocessor,
     fit_preprocessor,
@@ -72,32 +75,58 @@ def _reflected(array: np.ndarray, margin: int) -> np.ndarray:
     return array[np.ix_(rows, cols)]
 
 
-def test_height_above_ground_is_the_dsm_minus_a_smoothed_minimum() -> None:
+def test_height_above_ground_is_the_dsm_minus_its_opening() -> None:
     rng = np.random.default_rng(0)
-    dsm = (rng.normal(size=(23, 19)) + np.linspace(500, 510, 19)[None]).astype(np.float32)
+    dsm = (rng.normal(scale=0.1, size=(23, 19))
+           + np.linspace(500, 530, 19)[None]).astype(np.float32)  # 1.7 m per pixel
     dsm[8:12, 6:10] += 15.0  # a 4 x 4 px "building"
     window = 7
     hag = height_above_ground(torch.from_numpy(_reflected(dsm, window - 1)), window).numpy()
+    ground = ndimage.grey_opening(dsm, size=window, mode="mirror")
+    np.testing.assert_allclose(hag, dsm - ground, atol=1e-4)
+    # The slope adds no height (the terrain's noise does, a little); the building keeps its.
+    # Not near the upper edge, where the mirrored slope is a ridge narrower than the window.
+    building = np.zeros(dsm.shape, bool)
+    building[8:12, 6:10] = True
+    terrain = ~building
+    terrain[:, -(window // 2):] = False
+    assert np.abs(hag[terrain]).max() < 0.6 and hag[building].min() > 14.0
+
+
+def test_the_minimum_ground_rule_of_older_model_files_is_kept() -> None:
+    """Model files from before the opening computed dsm - box(min(dsm)): they still do."""
+    rng = np.random.default_rng(0)
+    dsm = (rng.normal(size=(23, 19)) + np.linspace(500, 510, 19)[None]).astype(np.float32)
+    dsm[8:12, 6:10] += 15.0
+    window = 7
+    hag = height_above_ground(torch.from_numpy(_reflected(dsm, window - 1)), window,
+                              "minimum").numpy()
     ground = ndimage.uniform_filter(ndimage.minimum_filter(dsm.astype(np.float64), window,
                                                            mode="mirror"), window, mode="mirror")
     np.testing.assert_allclose(hag, dsm - ground, atol=1e-4)
-    assert hag[9:11, 7:9].min() > 12.0 and np.median(hag) < 3.0  # terrain slope removed
+    # On a slope the minimum lies below the ground: the opening does not.
+    opened = height_above_ground(torch.from_numpy(_reflected(dsm, window - 1)), window).numpy()
+    assert np.median(hag) > np.median(opened) + 1.0
 
 
-def test_height_above_ground_ignores_nodata_in_the_ground_estimate() -> None:
+@pytest.mark.parametrize("ground", GROUND_RULES)
+def test_height_above_ground_ignores_nodata_in_the_ground_estimate(ground: str) -> None:
     dsm = np.full((15, 15), 100.0, np.float32)
     dsm[3:5, 3:5] = np.nan
-    hag = height_above_ground(torch.from_numpy(_reflected(dsm, 4)), 5).numpy()
+    hag = height_above_ground(torch.from_numpy(_reflected(dsm, 4)), 5, ground).numpy()
     assert np.isnan(hag[3:5, 3:5]).all() and np.isnan(hag).sum() == 4
     np.testing.assert_allclose(hag[~np.isnan(hag)], 0.0)
+    assert hag.dtype == np.float32
 
 
 def test_derived_inputs_check_their_window() -> None:
     assert DerivedInputs(0).context == 0 and DerivedInputs(0).channels_for(2) == 0
-    assert DerivedInputs(9).context == 8 and DerivedInputs(9).channels_for(2) == 1
+    assert DerivedInputs(9).context == 8 and DerivedInputs(9).channels_for(2) == 0  # replaces
+    assert DerivedInputs(9, replace_dsm=False).channels_for(2) == 1  # appended
+    assert DerivedInputs(9, replace_dsm=False).raw_bands(3) == 2
     assert DerivedInputs(sar_window=5).context == 2
     assert DerivedInputs(sar_window=5).channels_for(2) == 2
-    assert DerivedInputs(sar_window=5).raw_bands(4) == 2 and DerivedInputs(9).raw_bands(3) == 2
+    assert DerivedInputs(sar_window=5).raw_bands(4) == 2 and DerivedInputs(9).raw_bands(3) == 3
     assert DerivedInputs(sar_window=3).names(("VV", "VH")) == ("VV mean 3x3", "VH mean 3x3")
     for bad in (-1, 1, 4):
         with pytest.raises(ValueError):
@@ -105,9 +134,19 @@ def test_derived_inputs_check_their_window() -> None:
         with pytest.raises(ValueError):
             DerivedInputs(sar_window=bad)
     assert DerivedInputs.from_json(None) == DerivedInputs()
-    assert DerivedInputs.from_json({"height_window": 5}) == DerivedInputs(5)
-    with pytest.raises(ValueError):
-        DerivedInputs.from_json({"height_window": "5"})
+    for derived in (DerivedInputs(5), DerivedInputs(5, ground="minimum", replace_dsm=False),
+                    DerivedInputs(5, replace_dsm=False), DerivedInputs(sar_window=3)):
+        assert DerivedInputs.from_json(derived.to_json()) == derived
+    assert DerivedInputs(5).to_json() == {"height_window": 5, "ground": "opening",
+                                          "replace_dsm": True}
+    assert DerivedInputs(sar_window=3).to_json() == {"sar_window": 3}
+    # What a file from before these keys says: the height appended, over the minimum.
+    assert DerivedInputs.from_json({"height_window": 5}) == DerivedInputs(
+        5, ground="minimum", replace_dsm=False)
+    for bad_json in ({"height_window": "5"}, {"height_window": 5, "ground": "median"},
+                     {"height_window": 5, "replace_dsm": "yes"}):
+        with pytest.raises(ValueError):
+            DerivedInputs.from_json(bad_json)
 
 
 def test_sar_local_means_are_box_means_of_every_band() -> None:
@@ -129,14 +168,17 @@ def _derived_scene(tmp_path: Path, size: tuple[int, int] = (29, 26)) -> Path:
     return write_scene(tmp_path / "scene.tif", utm_grid(*size), bands=5, aux_bands=2)
 
 
-def test_patches_with_derived_inputs_do_not_depend_on_the_blocks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("replace_dsm", [True, False])
+def test_patches_with_derived_inputs_do_not_depend_on_the_blocks(tmp_path: Path,
+                                                                 replace_dsm: bool) -> None:
     path = _derived_scene(tmp_path)
-    geometry, derived = PatchGeometry(7, 3), DerivedInputs(5)
+    geometry, derived = PatchGeometry(7, 3), DerivedInputs(5, replace_dsm=replace_dsm)
     rng = np.random.default_rng(1)
     samples = Samples(rng.integers(0, 26, 40), rng.integers(0, 29, 40), rng.integers(1, 3, 40))
     with open_stacked_scene(path) as scene:
         pre = fit_preprocessor(scene, 3, seed=0, derived=derived)
-        assert pre.aux_bands == 3 and pre.raw_aux_bands == 2 and pre.context == 4
+        assert pre.aux_bands == (2 if replace_dsm else 3) and pre.raw_aux_bands == 2
+        assert pre.context == 4
         small = extract_patch_set(scene, samples, pre, geometry, [1, 2], torch.device("cpu"),
                                   block_size=6)
         large = extract_patch_set(scene, samples, pre, geometry, [1, 2], torch.device("cpu"))
@@ -150,11 +192,19 @@ def test_patches_with_derived_inputs_do_not_depend_on_the_blocks(tmp_path: Path)
     rows, cols = torch.from_numpy(samples.rows + 3), torch.from_numpy(samples.cols + 3)
     torch.testing.assert_close(large.active, gather_patches(z_aux, rows, cols, 7), rtol=0,
                                atol=1e-5)
-    # Channel 3 of the active input is the z-scored height above ground of band 1.
-    dsm = whole.aux[0]
-    hag = height_above_ground(torch.from_numpy(dsm), 5).numpy()
-    z = (hag - pre.aux_mean[2]) / pre.aux_std[2]
-    np.testing.assert_allclose(z_aux[2].numpy(), z, atol=1e-4)
+    # The z-scored height above ground of band 1 is channel 1 of the active input in place of
+    # the DSM, or channel 3 beside it; band 2 stays channel 2.
+    def z_scored(x: np.ndarray, channel: int) -> np.ndarray:
+        return (x - pre.aux_mean[channel]) / pre.aux_std[channel]
+
+    hag = height_above_ground(torch.from_numpy(whole.aux[0]), 5).numpy()
+    at = 0 if replace_dsm else 2
+    np.testing.assert_allclose(z_aux[at].numpy(), z_scored(hag, at), atol=1e-4)
+    np.testing.assert_allclose(z_aux[1].numpy(), z_scored(whole.aux[1, 4:-4, 4:-4], 1),
+                               atol=1e-4)
+    if not replace_dsm:
+        np.testing.assert_allclose(z_aux[0].numpy(), z_scored(whole.aux[0, 4:-4, 4:-4], 0),
+                                   atol=1e-4)
 
 
 def _derived_bundle(path: Path, derived: DerivedInputs) -> ModelBundle:
@@ -195,8 +245,9 @@ def test_prediction_scoring_and_the_model_file_agree_on_derived_inputs(tmp_path:
         saved = save_model_file(tmp_path / "m.s2fin", bundle)
         with safe_open(str(saved), framework="pt") as f:
             meta = f.metadata()
-        assert meta["format_version"] == "2"
-        assert json.loads(meta["s2fin"])["preprocessing"]["derived"] == {"height_window": 5}
+        assert meta["format_version"] == "3"
+        assert json.loads(meta["s2fin"])["preprocessing"]["derived"] == {
+            "height_window": 5, "ground": "opening", "replace_dsm": True}
         loaded = load_model_file(saved)
         assert loaded.preprocessor.derived == DerivedInputs(5)
         maps = [_predict_map(path, loaded, b) for b in (7, 64)]
@@ -209,6 +260,31 @@ def test_prediction_scoring_and_the_model_file_agree_on_derived_inputs(tmp_path:
                                        loaded.preprocessor, loaded.geometry, loaded.classes,
                                        torch.device("cpu"))
     np.testing.assert_array_equal(scored.reshape(maps[0].shape), maps[0])
+
+
+def test_a_format_2_model_file_predicts_as_it_did(tmp_path: Path) -> None:
+    """A file written before the ground rule (format 2: no ``ground``, no ``replace_dsm``)
+    loads with the height appended over the minimum and predicts what it predicted then."""
+    path = _derived_scene(tmp_path)
+    with torch_threads(1):
+        old = _derived_bundle(path, DerivedInputs(5, ground="minimum", replace_dsm=False))
+        saved = save_model_file(tmp_path / "m.s2fin", old)
+        with safe_open(str(saved), framework="pt") as f:
+            meta = dict(f.metadata())
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        document = json.loads(meta["s2fin"])
+        document["preprocessing"]["derived"] = {"height_window": 5}  # as format 2 wrote it
+        text = json.dumps(document, sort_keys=True, allow_nan=False)
+        meta.update({"format_version": "2", "s2fin": text,
+                     "checksum": tensors_digest(tensors, prefix=text)})
+        save_file(tensors, str(tmp_path / "v2.s2fin"), metadata=meta)
+        loaded = load_model_file(tmp_path / "v2.s2fin")
+        assert loaded.preprocessor.derived == old.preprocessor.derived
+        kept = _predict_map(path, loaded, 64)
+        np.testing.assert_array_equal(kept, _predict_map(path, old, 64))
+        opened = dataclasses.replace(old, preprocessor=dataclasses.replace(
+            old.preprocessor, derived=DerivedInputs(5, replace_dsm=False)))
+        assert (_predict_map(path, opened, 64) != kept).any()
 
 
 def test_a_model_without_derived_inputs_is_written_as_before(tmp_path: Path) -> None:
@@ -225,15 +301,19 @@ def test_a_model_without_derived_inputs_is_written_as_before(tmp_path: Path) -> 
     assert S2FinConfig.from_dict(old).active_stem_norm == "group"
 
 
-def test_preprocessor_tensors_round_trip_with_derived_inputs(tmp_path: Path) -> None:
-    path = _derived_scene(tmp_path)
+@pytest.mark.parametrize(("derived", "channels"), [(DerivedInputs(3), 2),
+                                                   (DerivedInputs(3, replace_dsm=False), 3)])
+def test_preprocessor_tensors_round_trip_with_derived_inputs(
+        tmp_path: Path, derived: DerivedInputs, channels: int) -> None:
+    path = _derived_scene(tmp_path)  # 2 LiDAR bands
     with open_stacked_scene(path) as scene:
-        pre = fit_preprocessor(scene, 3, seed=0, derived=DerivedInputs(3))
-    again = Preprocessor.from_tensors(pre.tensors(), DerivedInputs(3))
-    assert again.aux_bands == 3 and again.derived == pre.derived
-    with pytest.raises(ValueError):  # statistics of 3 channels cannot hold 3 derived ones
-        Preprocessor.from_tensors({**pre.tensors(), "aux_mean": pre.tensors()["aux_mean"][:1],
-                                   "aux_std": pre.tensors()["aux_std"][:1]}, DerivedInputs(3))
+        pre = fit_preprocessor(scene, 3, seed=0, derived=derived)
+    again = Preprocessor.from_tensors(pre.tensors(), derived)
+    assert again.aux_bands == channels and again.derived == pre.derived
+    with pytest.raises(ValueError):  # too few statistics for one raw band (and the height)
+        Preprocessor.from_tensors({**pre.tensors(),
+                                   "aux_mean": pre.tensors()["aux_mean"][:channels - 2],
+                                   "aux_std": pre.tensors()["aux_std"][:channels - 2]}, derived)
 
 
 # -- stems ------------------------------------------------------------------------------------
