@@ -208,9 +208,8 @@ def fit(
         raise LabelError("no training sample left")
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr,
                                   weight_decay=settings.weight_decay)
-    steps_per_epoch = len(epoch_batches(len(train), settings.batch_size * ctx.world_size,
-                                        torch.Generator().manual_seed(0)))
-    epochs = settings.epochs_for(steps_per_epoch, train.class_count)
+    steps_per_epoch, epochs = planned_schedule(len(train), train.class_count, settings,
+                                               ctx.world_size)
     total_steps = epochs * steps_per_epoch
     warmup_steps = min(settings.warmup_epochs * steps_per_epoch, total_steps // 2)
     use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
@@ -293,5 +292,14 @@ def fit(
                      final_state)
 
 
+def planned_schedule(samples: int, classes: int, settings: TrainSettings,
+                     world_size: int = 1) -> tuple[int, int]:
+    """(optimiser steps per epoch, epochs) of :func:`fit` on ``samples`` training samples of
+    ``classes`` classes over ``world_size`` ranks: what a run does and what it announces."""
+    steps = len(epoch_batches(samples, settings.batch_size * world_size,
+                              torch.Generator().manual_seed(0)))
+    return steps, settings.epochs_for(steps, classes)
+
+
 __all__ = ["EarlyStopping", "FitResult", "TrainingStopped", "WeightAverage", "fit",
-           "state_copy"]
+           "planned_schedule", "state_copy"]

@@ -69,7 +69,7 @@ from s2fin_cli.training.checkpoint import (
     resume_checkpoint,
     save_checkpoint,
 )
-from s2fin_cli.training.loop import FitResult, fit
+from s2fin_cli.training.loop import FitResult, fit, planned_schedule
 from s2fin_cli.training.pseudo import (
     PseudoLabels,
     merged,
@@ -425,8 +425,8 @@ def _patch_sets(scene: Scene, split: Split, pre: Preprocessor, config: S2FinConf
 def _announce(model: nn.Module, split: Split, settings: TrainSettings, device: torch.device,
               ctx: RunContext) -> None:
     n_params = parameter_table(model)[-1][1]
-    per_epoch = -(-len(split.train) // (settings.batch_size * ctx.world_size))
-    epochs = settings.epochs_for(per_epoch, len(np.unique(split.train.classes)))
+    _, epochs = planned_schedule(len(split.train), len(split.train.counts()), settings,
+                                 ctx.world_size)
     world = ""
     if ctx.world_size > 1:
         world = (f" x {ctx.world_size} ranks ({ctx.describe().get('backend')}; batch "

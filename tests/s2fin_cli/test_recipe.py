@@ -49,7 +49,7 @@ from s2fin_cli.training import (
     parse_stem_norm,
     run_training,
 )
-from s2fin_cli.training.loop import WeightAverage
+from s2fin_cli.training.loop import WeightAverage, planned_schedule
 from s2fin_cli.training.steps import augment_batch
 from s2fin_cli.training_data import PatchSet, extract_patch_set, radiometric_draws
 from tests.helpers import (
@@ -375,6 +375,16 @@ def test_the_default_step_floor_grows_with_the_classes_not_the_labels() -> None:
     # Many labels: the epochs are the longer schedule.
     assert TrainSettings(epochs=30).epochs_for(11, 11) == 30
     TrainSettings().validate()
+
+
+def test_the_planned_schedule_counts_the_batches_an_epoch_really_has() -> None:
+    """33 samples in batches of 32 are one batch (a lone trailing sample joins the previous
+    one), so two classes' floor of 36 steps takes 36 epochs, not 18: what train announces."""
+    settings = TrainSettings(epochs=5)
+    assert planned_schedule(33, 2, settings) == (1, 2 * TrainSettings.STEPS_PER_CLASS)
+    assert planned_schedule(34, 2, settings) == (2, TrainSettings.STEPS_PER_CLASS)
+    assert planned_schedule(34, 2, settings, world_size=2) == (1, 2 * TrainSettings.STEPS_PER_CLASS)
+    assert planned_schedule(33 * 32, 11, TrainSettings(epochs=45)) == (33, 45)
 
 
 def test_the_step_floor_counts_the_classes_that_have_training_samples() -> None:
