@@ -150,9 +150,10 @@ def train(
         float, typer.Option("--dropout", help="Dropout rate of the network (0 for none).")
     ] = _N.dropout,
     height_window: Annotated[
-        int, typer.Option("--height-window", help="With LiDAR: add the height above ground, "
-                          "the DSM (first LiDAR band) minus its minimum over this window (odd, "
-                          "pixels; 0 = off), as an input.")
+        int, typer.Option("--height-window", help="With LiDAR: the network sees the height "
+                          "above ground instead of the DSM (first LiDAR band): the DSM minus "
+                          "its morphological opening over this window (odd, pixels, wider than "
+                          "the widest building; 0 = off: the DSM itself).")
     ] = _N.height_window,
     sar_window: Annotated[
         int, typer.Option("--sar-window", help="With SAR: add the local mean of every SAR band "
