@@ -228,6 +228,13 @@ class Preprocessor:
         return self.derived.raw_bands(self.aux_bands)
 
     @property
+    def height_channel(self) -> int | None:
+        """Where the height above ground sits in the active input (None without it)."""
+        if not self.derived.height_window:
+            return None
+        return 0 if self.derived.replace_dsm else self.raw_aux_bands
+
+    @property
     def context(self) -> int:
         """Pixels a reader adds to a block's halo for the derived inputs (0 without them)."""
         return self.derived.context

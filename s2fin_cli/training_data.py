@@ -72,6 +72,16 @@ def iter_sample_inputs(
             yield PatchBatch(index[part], spectral, spatial, active)
 
 
+@dataclass(frozen=True)
+class HeightChannel:
+    """The height above ground in the active input: its channel and z-score statistics (metres),
+    so that augmentation can change heights in metres (:func:`scale_heights`)."""
+
+    index: int
+    mean: float
+    std: float
+
+
 @dataclass
 class PatchSet:
     """The network inputs of every training (or validation) sample, in sample order, in memory."""
@@ -80,6 +90,7 @@ class PatchSet:
     spatial: Tensor
     active: Tensor
     targets: Tensor  # (N,) int64 output index (position in the class table)
+    height: HeightChannel | None = None
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
@@ -135,7 +146,10 @@ def extract_patch_set(
         spatial[idx] = part.spatial.to(storage)
         active[idx] = part.active.to(storage)
     targets = torch.from_numpy(class_indexes(samples, class_ids)).to(storage)
-    return PatchSet(spectral, spatial, active, targets)
+    at = preprocessor.height_channel
+    height = None if at is None else HeightChannel(at, float(preprocessor.aux_mean[at]),
+                                                   float(preprocessor.aux_std[at]))
+    return PatchSet(spectral, spatial, active, targets, height)
 
 
 def augment_choices(n: int, generator: torch.Generator) -> Tensor:
@@ -213,6 +227,22 @@ def radiometric_draws(n: int, spectral_shape: tuple[int, ...], spatial_shape: tu
     spectral = noise * torch.randn((n, *spectral_shape), generator=generator)
     spatial = noise * torch.randn((n, *spatial_shape), generator=generator)
     return Radiometric(gains, spectral, spatial)
+
+
+def height_gains(n: int, generator: torch.Generator, jitter: float) -> Tensor:
+    """Per-sample gains on the height above ground, ~U(1 - jitter, 1 + jitter)."""
+    return 1.0 + jitter * (2.0 * torch.rand(n, generator=generator) - 1.0)
+
+
+def scale_heights(active: Tensor, height: HeightChannel, gains: Tensor) -> Tensor:
+    """``active`` with each sample's height above ground multiplied by its gain, in metres:
+    z' = g z + (g - 1) mean / std. Ground (height 0) stays ground; a 10 m roof labelled once
+    also trains as an 8 or 12 m one, so a network does not learn the labelled objects'
+    heights as their class."""
+    g = gains.to(active.device, active.dtype)[:, None, None]
+    out = active.clone()
+    out[:, height.index] = g * active[:, height.index] + (g - 1) * (height.mean / height.std)
+    return out
 
 
 # Context mixing keeps the centre (2 * CONTEXT_KEEP + 1) pixels square of a patch.

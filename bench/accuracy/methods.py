@@ -56,7 +56,9 @@ RECIPE_ELEMENTS: dict[str, tuple[str, dict[str, Any], str | None]] = {
                         "number of labels (the old default)", {"val_fraction": 0.2}, None),
     "stem-norm": ("GroupNorm per patch in both stems (the old network)",
                   {"optical_stem_norm": "group", "active_stem_norm": "group"}, None),
-    "height": ("no height-above-ground input", {"height_window": 0}, "lidar"),
+    "height": ("the DSM instead of its height above ground", {"height_window": 0}, "lidar"),
+    "height-gain": ("no per-sample gain on the height above ground", {"height_jitter": 0.0},
+                    "lidar"),
     "step-floor": ("no step floor: the epochs only", {"min_steps": 0}, None),
     "class-floor": ("a flat floor of 200 steps whatever the number of classes (the previous "
                     "default)", {"min_steps": 200}, None),

@@ -345,13 +345,15 @@ def _recipe_line(changes: dict[str, Any]) -> str:
     text = (f"S²Fin: `s2fin_cli.training.run_training` with `s2fin train`'s defaults, the "
             f"draw's seed as `--seed`: patch {net.patch_size}, spectral window "
             f"{net.spectral_window}, PCA {net.pca}, dim {net.dim}, depth {net.depth}, dropout "
-            f"{net.dropout}, stems {net.optical_stem_norm}/{net.active_stem_norm}, height "
-            f"window {net.height_window or 'off'}; AdamW lr {st.lr:g}, weight decay "
+            f"{net.dropout}, stems {net.optical_stem_norm}/{net.active_stem_norm}, the DSM "
+            f"replaced by its height above ground over a {net.height_window or 'off'} px "
+            f"opening; AdamW lr {st.lr:g}, weight decay "
             f"{st.weight_decay:g}, batch {st.batch_size}, {st.describe_schedule()}, "
             f"warm-up {st.warmup_epochs} epochs + cosine, label "
             f"smoothing {st.label_smoothing:g}, flips/rotations"
             + (f", gain jitter ±{st.gain_jitter:g} and noise {st.spectral_noise:g}"
                if st.gain_jitter or st.spectral_noise else "")
+            + (f", height gain ±{st.height_jitter:g}" if st.height_jitter else "")
             + (f", weight average (EMA {st.ema:g})" if st.ema else "")
             + f"; validation: {val}. Its test score is `summary.test`, the `--test-labels` "
             "report of `s2fin train`.")

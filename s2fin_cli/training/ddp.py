@@ -82,7 +82,7 @@ def distributed_epoch(
         spectral, spatial, active, target = train.batch(batch[share])
         spectral, spatial, active = augment_batch(spectral, spatial, active, settings, generator,
                                                   choice=choice, share=share, global_size=g,
-                                                  donors=train)
+                                                  train=train)
         spectral, spatial, active, target = (t.to(device, non_blocking=True) for t in
                                              (spectral, spatial, active, target))
         with autocast(device):

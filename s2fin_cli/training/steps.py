@@ -28,8 +28,10 @@ from s2fin_cli.training_data import (
     augment,
     context_draws,
     epoch_batches,
+    height_gains,
     mix_context,
     radiometric_draws,
+    scale_heights,
 )
 
 
@@ -40,12 +42,13 @@ def radiometric_wanted(settings: TrainSettings) -> bool:
 def augment_batch(spectral: Tensor, spatial: Tensor, active: Tensor, settings: TrainSettings,
                   generator: torch.Generator, *, choice: Tensor | None = None,
                   share: Tensor | None = None, global_size: int | None = None,
-                  donors: PatchSet | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Flips/rotations (``settings.augment``), radiometric changes, then context mixing (the
-    surroundings of some patches replaced by those of random ``donors`` samples) of one batch,
-    drawn from ``generator``. Data parallel: ``choice`` holds the global batch's transforms and
-    ``share`` this rank's positions in the global batch of ``global_size`` samples (every rank
-    draws the same global changes and applies its share)."""
+                  train: PatchSet | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Flips/rotations (``settings.augment``), radiometric changes, gains on the height above
+    ground (where ``train``, the training set, has one), then context mixing (the surroundings
+    of some patches replaced by those of random ``train`` samples) of one batch, drawn from
+    ``generator``. Data parallel: ``choice`` holds the global batch's transforms and ``share``
+    this rank's positions in the global batch of ``global_size`` samples (every rank draws the
+    same global changes and applies its share)."""
     if settings.augment:
         if choice is not None and share is not None:
             choice = choice[share]
@@ -57,11 +60,14 @@ def augment_batch(spectral: Tensor, spatial: Tensor, active: Tensor, settings: T
         if share is not None:
             draws = draws.subset(share)
         spectral, spatial = draws.apply(spectral, spatial)
-    if settings.context_mix > 0 and donors is not None and len(donors):
-        mixed, donor = context_draws(n, len(donors), settings.context_mix, generator)
+    if settings.height_jitter > 0 and train is not None and train.height is not None:
+        gains = height_gains(n, generator, settings.height_jitter)
+        active = scale_heights(active, train.height, gains if share is None else gains[share])
+    if settings.context_mix > 0 and train is not None and len(train):
+        mixed, donor = context_draws(n, len(train), settings.context_mix, generator)
         if share is not None:
             mixed, donor = mixed[share], donor[share]
-        spatial, active = mix_context(spatial, active, donors, mixed, donor)
+        spatial, active = mix_context(spatial, active, train, mixed, donor)
     return spectral, spatial, active
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch: a fixed function of (seed, epoch), so a resumed run replays it."""
@@ -230,7 +236,7 @@ def train_epoch(
         set_learning_rate(optimizer, lr)
         spectral, spatial, active, target = train.batch(index)
         spectral, spatial, active = augment_batch(spectral, spatial, active, settings, generator,
-                                                  donors=train)
+                                                  train=train)
         spectral, spatial, active, target = (t.to(device, non_blocking=True) for t in
                                              (spectral, spatial, active, target))
         try:

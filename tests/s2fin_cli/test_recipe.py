@@ -51,7 +51,14 @@ from s2fin_cli.training import (
 )
 from s2fin_cli.training.loop import WeightAverage, planned_schedule
 from s2fin_cli.training.steps import augment_batch
-from s2fin_cli.training_data import PatchSet, extract_patch_set, radiometric_draws
+from s2fin_cli.training_data import (
+    HeightChannel,
+    PatchSet,
+    extract_patch_set,
+    height_gains,
+    radiometric_draws,
+    scale_heights,
+)
 from tests.helpers import (
     make_training_data,
     tiny_config,
@@ -420,21 +427,54 @@ def test_radiometric_augmentation_is_seeded_and_the_same_gain_for_both_optical_i
     assert abs(float(noisy.spectral_noise.std()) - 0.05) < 0.002
 
 
+def test_height_gains_scale_heights_in_metres_and_leave_the_ground_alone() -> None:
+    heights_m = torch.tensor([0.0, 10.0, 20.0]).view(3, 1, 1, 1).expand(3, 1, 5, 5)
+    other = torch.randn(3, 1, 5, 5, generator=torch.Generator().manual_seed(0))
+    height = HeightChannel(index=1, mean=4.0, std=2.0)
+    active = torch.cat([other, (heights_m - height.mean) / height.std], dim=1)
+    out = scale_heights(active, height, torch.tensor([1.3, 0.8, 1.1]))
+    np.testing.assert_allclose((out[:, 1] * height.std + height.mean)[:, 0, 0].numpy(),
+                               [0.0, 8.0, 22.0], atol=1e-5)
+    assert torch.equal(out[:, :1], other) and torch.equal(active[:, :1], other)  # input intact
+    gains = height_gains(2000, torch.Generator().manual_seed(1), 0.3)
+    assert 0.7 <= float(gains.min()) and float(gains.max()) <= 1.3
+
+
+def test_height_jitter_needs_a_height_channel_and_leaves_other_draws_alone() -> None:
+    p = _patch_set(10)
+    plain = augment_batch(p.spectral, p.spatial, p.active, TrainSettings(),
+                          torch.Generator().manual_seed(5), train=p)
+    # No height channel (e.g. SAR): the option changes nothing.
+    same = augment_batch(p.spectral, p.spatial, p.active, TrainSettings(height_jitter=0.3),
+                         torch.Generator().manual_seed(5), train=p)
+    for a, b in zip(plain, same, strict=True):
+        assert torch.equal(a, b)
+    with_height = dataclasses.replace(p, height=HeightChannel(0, 0.0, 1.0))
+    jittered = augment_batch(p.spectral, p.spatial, p.active, TrainSettings(height_jitter=0.3),
+                             torch.Generator().manual_seed(5), train=with_height)
+    # Its draws come after the others: the optical inputs are those of the plain batch.
+    assert torch.equal(jittered[0], plain[0]) and torch.equal(jittered[1], plain[1])
+    assert not torch.equal(jittered[2], plain[2])
+    with pytest.raises(ConfigError):
+        TrainSettings(height_jitter=1.0).validate()
+
+
 def test_augmented_batch_of_a_rank_share_equals_the_share_of_the_global_batch() -> None:
     """Data-parallel ranks draw the global batch's transforms and radiometric changes and apply
     their share: the union equals the single-process batch."""
     from s2fin_cli.training_data import augment_choices, rank_share
 
     p = _patch_set(10)
-    settings = TrainSettings(gain_jitter=0.1, spectral_noise=0.05)
+    p = dataclasses.replace(p, height=HeightChannel(0, 1.0, 2.0))
+    settings = TrainSettings(gain_jitter=0.1, spectral_noise=0.05, height_jitter=0.2)
     single = augment_batch(p.spectral, p.spatial, p.active, settings,
-                           torch.Generator().manual_seed(5))
+                           torch.Generator().manual_seed(5), train=p)
     for rank in range(2):
         g = torch.Generator().manual_seed(5)
         choice = augment_choices(10, g)
         share = rank_share(torch.arange(10), rank, 2)
         part = augment_batch(p.spectral[share], p.spatial[share], p.active[share], settings, g,
-                             choice=choice, share=share, global_size=10)
+                             choice=choice, share=share, global_size=10, train=p)
         for a, b in zip(part, single, strict=True):
             torch.testing.assert_close(a, b[share])
 
