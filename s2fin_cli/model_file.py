@@ -44,8 +44,8 @@ FORMAT_NAME = "s2fin-model"
 # The newest format written and read. 2: the preprocessing may derive inputs from the LiDAR
 # (metadata ``preprocessing.derived``); 3: the height above ground names its ground rule and
 # whether it replaces the DSM (``derived.ground``, ``derived.replace_dsm``; a version-2 file
-# appended it over the minimum). A file is written with the oldest
-# version that holds it (:func:`_format_version`), so an older s2fin still reads the rest.
+# appended it over the minimum). A file is written with the oldest version that holds it
+# (:func:`_format_version`), so an older s2fin still reads the rest.
 FORMAT_VERSION = 3
 DEFAULT_MODEL_PATH = Path("model.s2fin")
 _MODEL_PREFIX = "model."
