@@ -18,9 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import torch
 
+from s2fin_cli.io.reader import open_stacked_scene
 from s2fin_cli.io.writer import write_raster
 from s2fin_cli.model_file import load_model_file
+from s2fin_cli.preprocessing import derive
 from tests.helpers import scene_arrays, utm_grid, write_stacked
 from tests.reliability.harness import (
     BANDS,
@@ -84,10 +87,16 @@ def test_nan_and_inf_are_invalid_values(tmp_path: Path) -> None:
     np.testing.assert_allclose(pre.optical_mean, np.nanmean(finite, axis=1), rtol=1e-5,
                                atol=1e-5)
     np.testing.assert_allclose(pre.optical_std, np.nanstd(finite, axis=1), rtol=1e-4)
-    aux_finite = np.where(np.isfinite(aux), aux, np.nan).reshape(1, -1)
-    # The raw LiDAR band first; the channels derived from it (height above ground) follow.
-    assert pre.raw_aux_bands == 1
-    np.testing.assert_allclose(pre.aux_mean[:1], np.nanmean(aux_finite, axis=1), rtol=1e-5)
+    # The LiDAR band is the DSM, which the network sees as its height above ground: that
+    # channel's statistics are those of the heights where the DSM is finite.
+    assert pre.raw_aux_bands == 1 and pre.height_channel == 0
+    with open_stacked_scene(scene) as opened:
+        block = opened.read(opened.grid.full_window(), pre.context)
+    height = derive(torch.from_numpy(block.aux), pre.derived)[0].numpy()
+    assert np.isnan(height[12, 7]) and np.isnan(height[13, 7])
+    assert np.isfinite(height).sum() == SIZE * SIZE - 2
+    np.testing.assert_allclose(pre.aux_mean[:1], [np.nanmean(height)], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(pre.aux_std[:1], [np.nanstd(height)], rtol=1e-3)
     assert all(bool(v.isfinite().all()) for v in pre.tensors().values())
 
     out = tmp_path / "dirty.classes.tif"
