@@ -216,12 +216,17 @@ class Radiometric:
         return spectral, spatial
 
 
+def uniform_gains(n: int, generator: torch.Generator, jitter: float) -> Tensor:
+    """Per-sample gains ~U(1 - jitter, 1 + jitter) (radiometric and height gains)."""
+    return 1.0 + jitter * (2.0 * torch.rand(n, generator=generator) - 1.0)
+
+
 def radiometric_draws(n: int, spectral_shape: tuple[int, ...], spatial_shape: tuple[int, ...],
                       generator: torch.Generator, gain_jitter: float,
                       noise: float) -> Radiometric:
     """The draws of :class:`Radiometric` for ``n`` samples (on the CPU, from ``generator``):
     gains ~U(1 - gain_jitter, 1 + gain_jitter), noise ~N(0, noise^2) (none when 0)."""
-    gains = 1.0 + gain_jitter * (2.0 * torch.rand(n, generator=generator) - 1.0)
+    gains = uniform_gains(n, generator, gain_jitter)
     if noise <= 0:
         return Radiometric(gains, None, None)
     spectral = noise * torch.randn((n, *spectral_shape), generator=generator)
@@ -229,9 +234,6 @@ def radiometric_draws(n: int, spectral_shape: tuple[int, ...], spatial_shape: tu
     return Radiometric(gains, spectral, spatial)
 
 
-def height_gains(n: int, generator: torch.Generator, jitter: float) -> Tensor:
-    """Per-sample gains on the height above ground, ~U(1 - jitter, 1 + jitter)."""
-    return 1.0 + jitter * (2.0 * torch.rand(n, generator=generator) - 1.0)
 
 
 def scale_heights(active: Tensor, height: HeightChannel, gains: Tensor) -> Tensor:

@@ -28,10 +28,10 @@ from s2fin_cli.training_data import (
     augment,
     context_draws,
     epoch_batches,
-    height_gains,
     mix_context,
     radiometric_draws,
     scale_heights,
+    uniform_gains,
 )
 
 
@@ -61,7 +61,7 @@ def augment_batch(spectral: Tensor, spatial: Tensor, active: Tensor, settings: T
             draws = draws.subset(share)
         spectral, spatial = draws.apply(spectral, spatial)
     if settings.height_jitter > 0 and train is not None and train.height is not None:
-        gains = height_gains(n, generator, settings.height_jitter)
+        gains = uniform_gains(n, generator, settings.height_jitter)
         active = scale_heights(active, train.height, gains if share is None else gains[share])
     if settings.context_mix > 0 and train is not None and len(train):
         mixed, donor = context_draws(n, len(train), settings.context_mix, generator)

@@ -55,9 +55,9 @@ from s2fin_cli.training_data import (
     HeightChannel,
     PatchSet,
     extract_patch_set,
-    height_gains,
     radiometric_draws,
     scale_heights,
+    uniform_gains,
 )
 from tests.helpers import (
     make_training_data,
@@ -427,7 +427,7 @@ def test_radiometric_augmentation_is_seeded_and_the_same_gain_for_both_optical_i
     assert abs(float(noisy.spectral_noise.std()) - 0.05) < 0.002
 
 
-def test_height_gains_scale_heights_in_metres_and_leave_the_ground_alone() -> None:
+def test_uniform_gains_scale_heights_in_metres_and_leave_the_ground_alone() -> None:
     heights_m = torch.tensor([0.0, 10.0, 20.0]).view(3, 1, 1, 1).expand(3, 1, 5, 5)
     other = torch.randn(3, 1, 5, 5, generator=torch.Generator().manual_seed(0))
     height = HeightChannel(index=1, mean=4.0, std=2.0)
@@ -436,7 +436,7 @@ def test_height_gains_scale_heights_in_metres_and_leave_the_ground_alone() -> No
     np.testing.assert_allclose((out[:, 1] * height.std + height.mean)[:, 0, 0].numpy(),
                                [0.0, 8.0, 22.0], atol=1e-5)
     assert torch.equal(out[:, :1], other) and torch.equal(active[:, :1], other)  # input intact
-    gains = height_gains(2000, torch.Generator().manual_seed(1), 0.3)
+    gains = uniform_gains(2000, torch.Generator().manual_seed(1), 0.3)
     assert 0.7 <= float(gains.min()) and float(gains.max()) <= 1.3
 
 
