@@ -34,31 +34,26 @@ configure_runtime()
 
 import torch  # noqa: E402
 
-from s2fin_cli.inference import BlockPredictor, BlockResult, predict_scene  # noqa: E402
+from s2fin_cli.device import autocast  # noqa: E402
+from s2fin_cli.inference import (  # noqa: E402
+    BlockPredictor,
+    BlockResult,
+    predict_scene,
+    scene_blocks,
+)
 from s2fin_cli.io.reader import open_stacked_scene  # noqa: E402
-from s2fin_cli.model_file import load_model_file  # noqa: E402
+from s2fin_cli.model_file import ModelBundle, load_model_file  # noqa: E402
 
 
-class Bf16(torch.nn.Module):
-    """Runs the wrapped network under CPU bfloat16 autocast, returns float32 logits."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-            out: torch.Tensor = self.model(*inputs)
-        return out.float()
-
-
-def classify(scene_path: Path, bundle: object, model: torch.nn.Module) -> tuple[np.ndarray, float]:
-    predictor = BlockPredictor(bundle, "cpu", model=model)  # type: ignore[arg-type]
+def classify(scene_path: Path, bundle: ModelBundle, model: torch.nn.Module,
+             cpu_bf16: bool) -> tuple[np.ndarray, float]:
+    """The class map of the scene through the predictor `s2fin predict` builds (its batch size
+    and batch workers), in float32 or under its CPU bfloat16 autocast."""
+    predictor = BlockPredictor(bundle, "cpu", model=model, cpu_bf16=cpu_bf16)
     blocks: list[BlockResult] = []
     with open_stacked_scene(scene_path) as scene:
         start = time.perf_counter()
-        predict_scene(scene, bundle, blocks.append, predictor=predictor,  # type: ignore[arg-type]
-                      progress=False)
+        predict_scene(scene, predictor, blocks.append, scene_blocks(scene.grid), progress=False)
         seconds = time.perf_counter() - start
         classes = np.zeros((scene.grid.height, scene.grid.width), dtype=np.int64)
     for block in blocks:
@@ -78,8 +73,8 @@ def main() -> None:
     print(cpu_bf16_support().describe(), f"| threads {torch.get_num_threads()}")
     bundle = load_model_file(args.model)
     model = bundle.build_model("cpu")
-    fp32, t32 = classify(args.scene, bundle, model)
-    bf16, t16 = classify(args.scene, bundle, Bf16(model))
+    fp32, t32 = classify(args.scene, bundle, model, cpu_bf16=False)
+    bf16, t16 = classify(args.scene, bundle, model, cpu_bf16=True)
     valid = fp32 > 0
     agree = float((fp32[valid] == bf16[valid]).mean())
     cfg = model.config
@@ -89,7 +84,9 @@ def main() -> None:
          torch.randn(128, cfg.reduced_bands, p, p, generator=g),
          torch.randn(128, cfg.active_bands, p, p, generator=g))
     with torch.inference_mode():
-        dlogit = (Bf16(model)(*x) - model(*x)).abs().max().item()
+        reference = model(*x)
+        with autocast(torch.device("cpu"), True, cpu_bf16=True):
+            dlogit = (model(*x).float() - reference).abs().max().item()
     n = int(valid.sum())
     print(f"{args.model.name}: {n} px; float32 {n / t32:.1f} px/s, bf16 {n / t16:.1f} px/s "
           f"(x{t32 / t16:.2f}); class agreement {agree:.4%}; max |d logit| (random "

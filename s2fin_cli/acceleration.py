@@ -34,7 +34,6 @@ the time. ``auto`` compiles only where the measured saving exceeds the compile c
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
@@ -474,14 +473,3 @@ def maybe_compile(model: torch.nn.Module, device: torch.device, mode: str = "aut
     return CompileDecision(compiled, True, reason)
 
 
-@contextlib.contextmanager
-def cpu_autocast(enabled: bool) -> Iterator[None]:
-    """bfloat16 autocast on the CPU (the network keeps its FFTs, DFT products and selective scan
-    in float32 inside it); a no-op when disabled."""
-    import torch
-
-    if not enabled:
-        yield
-        return
-    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-        yield

@@ -41,24 +41,34 @@ def select_device(spec: str = "auto") -> torch.device:
     raise ConfigError(f"--device {spec} is not one of auto, cpu, cuda, cuda:N")
 
 
+def autocast_dtype(device: torch.device, enabled: bool = True,
+                   cpu_bf16: bool = False) -> torch.dtype:
+    """The precision the network computes in on ``device``: on CUDA bf16 where supported, else
+    fp16 (``enabled``: mixed precision wanted); on the CPU bfloat16 only with ``cpu_bf16`` (see
+    :func:`s2fin_cli.acceleration.resolve_cpu_bf16`); float32 otherwise."""
+    if not enabled or device.type not in ("cpu", "cuda"):
+        return torch.float32
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_bf16 else torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    """How reports name a precision: float32, bfloat16, float16."""
+    return str(dtype).removeprefix("torch.")
+
+
 def autocast(device: torch.device, enabled: bool = True,
              cpu_bf16: bool = False) -> contextlib.AbstractContextManager[None]:
-    """Mixed precision on CUDA (bf16 where supported, else fp16); on the CPU bfloat16 only with
-    ``cpu_bf16`` (see :func:`s2fin_cli.acceleration.resolve_cpu_bf16`), else full float32.
+    """Autocast to :func:`autocast_dtype` where that is not float32, else nothing.
 
     The network keeps its FFTs, DFT products and selective scan in float32 under autocast itself
     (models/spectral_ops.py, models/long_range.py).
     """
-    if not enabled:
+    dtype = autocast_dtype(device, enabled, cpu_bf16)
+    if dtype == torch.float32:
         return contextlib.nullcontext()
-    if device.type == "cpu":
-        if not cpu_bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @contextlib.contextmanager

@@ -135,5 +135,5 @@ def _print_report(report: dict[str, Any]) -> None:
                       f"{100 * c['pixels'] / classified:.1f} %")
     table.caption = (f"{report['classified']:,} pixels classified, {report['nodata']:,} nodata, "
                      f"{report['seconds']:.1f} s, {report['pixels_per_second']:,.0f} px/s "
-                     f"on {report['device']}")
+                     f"on {report['device']} in {report['precision']}")
     console.stdout.print(table)

@@ -23,12 +23,12 @@ from s2fin_cli.acceleration import (
     batch_workers,
     break_even_pixels,
     compile_cache_dir,
-    cpu_autocast,
     cpu_bf16_support,
     maybe_compile,
     resolve_cpu_bf16,
     use_compile_cache,
 )
+from s2fin_cli.device import autocast, autocast_dtype, precision_name
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -166,16 +166,22 @@ def test_cpu_bf16_detection_reports_what_the_cpu_has(tmp_path: Path) -> None:
         resolve_cpu_bf16("maybe")
 
 
-def test_cpu_autocast_runs_matmuls_in_bf16_and_ffts_in_float32() -> None:
+def test_cpu_bf16_autocast_runs_matmuls_in_bf16_and_ffts_in_float32() -> None:
     from models import AFCM
 
+    cpu = torch.device("cpu")
     x = torch.randn(2, 4, 11, 11)
-    with cpu_autocast(True):
+    with autocast(cpu, cpu_bf16=True):
         assert (x.flatten(1) @ torch.randn(484, 3)).dtype == torch.bfloat16
         low, _ = AFCM(4, 0.35, 0.05).split(x)
     assert low.dtype == torch.float32  # the split runs with autocast off
-    with cpu_autocast(False):
+    with autocast(cpu, cpu_bf16=False):
         assert (x.flatten(1) @ torch.randn(484, 3)).dtype == torch.float32
+    assert autocast_dtype(cpu, cpu_bf16=True) == torch.bfloat16
+    assert autocast_dtype(cpu, enabled=False, cpu_bf16=True) == torch.float32
+    assert autocast_dtype(cpu) == torch.float32
+    assert [precision_name(t) for t in (torch.float32, torch.bfloat16, torch.float16)] == [
+        "float32", "bfloat16", "float16"]
 
 
 def test_compile_cache_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

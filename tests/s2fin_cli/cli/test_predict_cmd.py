@@ -271,10 +271,12 @@ def test_compile_and_bf16_modes(tmp_path: Path, scene: Path, model: Path) -> Non
                                  "--compile", "auto", "--bf16", "off"])
     assert result.exit_code == 0, result.output
     assert "torch.compile: auto" in result.stderr and "below" in result.stderr  # tiny scene
+    assert "in float32" in result.stdout  # the summary says the precision of the map
     bf16 = tmp_path / "bf16.tif"
     result = runner.invoke(app, ["predict", str(scene), "-m", str(model), "-o", str(bf16),
-                                 "--compile", "off", "--bf16", "on"])
+                                 "--compile", "off", "--bf16", "on", "--json"])
     assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["scenes"][0]["precision"] == "bfloat16"
     with rasterio.open(out) as a, rasterio.open(bf16) as b:
         assert (a.read(1) == b.read(1)).mean() > 0.9  # bf16 may flip near-ties only
     for option in ("--compile", "--bf16"):
