@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from bench.accuracy.methods import ABLATED, BASELINES, LABELS, RECIPE_ELEMENTS, REVERTED, S2FIN
 from bench.accuracy.scenes import BenchScene
@@ -129,13 +130,37 @@ def verdict(result: SceneResult, n: int) -> tuple[bool | None, str]:
                    + "; ".join(losses) + ".")
 
 
+def scored_per_draw(result: SceneResult) -> dict[int, dict[int, tuple[int, int]]]:
+    """Test pixels of each class actually scored, per N: (min, max) over the seeds. Every
+    method of one (N, seed) is scored on the same pixels, so any method's runs tell; the
+    exclusion around training pixels can leave far fewer than the cap."""
+    out: dict[int, dict[int, tuple[int, int]]] = {}
+    for n in result.ns:
+        per_seed: dict[int, NDArray[np.int64]] = {}
+        for run in result.runs:
+            if run.n == n:
+                per_seed.setdefault(run.seed, run.report.support)
+        for i, c in enumerate(result.classes):
+            counts = [int(support[i]) for support in per_seed.values()]
+            if counts:
+                out.setdefault(c.id, {})[n] = (min(counts), max(counts))
+    return out
+
+
 def _class_table(result: SceneResult) -> list[str]:
-    lines = ["| id | class | training-eligible | test available | test scored (cap) |",
-             "|---:|---|---:|---:|---:|"]
+    scored = scored_per_draw(result)
+    heads = "".join(f" scored at N = {n} |" for n in result.ns)
+    lines = ["| id | class | training-eligible | test available | test cap |" + heads,
+             "|---:|---|---:|---:|---:|" + "---:|" * len(result.ns)]
     for c in result.classes:
+        cells = ""
+        for n in result.ns:
+            lo_hi = scored.get(c.id, {}).get(n)
+            cells += (" · |" if lo_hi is None else
+                      f" {lo_hi[0]} |" if lo_hi[0] == lo_hi[1] else f" {lo_hi[0]}-{lo_hi[1]} |")
         lines.append(f"| {c.id} | {c.name} | {result.pool_counts.get(c.id, 0)} | "
                      f"{result.test_available.get(c.id, 0)} | "
-                     f"{result.candidate_counts.get(c.id, 0)} |")
+                     f"{result.candidate_counts.get(c.id, 0)} |" + cells)
     return lines
 
 

@@ -375,7 +375,10 @@ def _protocol_lines(args: argparse.Namespace, ns: list[int]) -> list[str]:
         "centre inside a training patch; neighbouring patches can still overlap).",
         f"Test pixels: a fixed seeded subsample of about {args.test_cap} per scene, "
         f"proportional per class but at least min(count, {protocol.TEST_FLOOR}) per class, the "
-        "same for every method, N and seed.",
+        "same subsample for every method, N and seed (the 'test cap' of each scene's class "
+        "table); on real scenes the pixels near a draw's training pixels are then left out, so "
+        "fewer are scored: the class tables give the pixels scored per class at each N (min-max "
+        "over the seeds).",
         "Every method of one (scene, N, seed) gets the same training pixels and is scored on "
         "the same test pixels. S²Fin gets them as files: the draw is written as a label "
         "raster and the test pixels as a test raster on the scene grid.",

@@ -44,6 +44,14 @@ def test_accuracy_bench_writes_markdown_table(tmp_path: Path) -> None:
     assert s2fin["epochs"] == 2 and s2fin["n_val"] == 0  # s2fin train's own run, no split
     assert all(r["n_train"] == 5 * len(json.loads(raw.read_text())[0]["classes"]) for r in runs)
     assert all(0.0 <= r["oa"] <= 1.0 for r in runs)
+    # The class table says how many test pixels of each class were scored at each N.
+    assert "| test cap | scored at N = 5 |" in text
+    supports = [sum(c["support"] for c in r["report"]["classes"]) for r in runs]
+    assert supports == [s2fin["n_test"]] * len(runs)
+    row = next(line for line in text.splitlines()
+               if line.startswith(f"| {json.loads(raw.read_text())[0]['classes'][0]['id']} |"))
+    first = next(c for c in s2fin["report"]["classes"])
+    assert row.rstrip(" |").rsplit("| ", 1)[-1] == str(first["support"])
 
     # A recipe trial is appended as its own section, and replaced (not duplicated) on a rerun.
     trial = ["--scenes", "urban", "--size", "48", "--seeds", "1", "--n", "5", "--methods",
