@@ -471,5 +471,3 @@ def maybe_compile(model: torch.nn.Module, device: torch.device, mode: str = "aut
         return CompileDecision(_static_batch_module(model, compiled, batch_size, pad), True,
                                reason)
     return CompileDecision(compiled, True, reason)
-
-
