@@ -43,7 +43,7 @@ from torch import Tensor
 
 from s2fin_cli import console
 from s2fin_cli.acceleration import BatchWorkers, batch_workers, map_in_batch_workers
-from s2fin_cli.device import autocast
+from s2fin_cli.device import autocast, autocast_dtype, precision_name
 from s2fin_cli.io.grid import Grid
 from s2fin_cli.io.reader import Scene, SceneBlock
 from s2fin_cli.io.windows import iter_blocks
@@ -168,6 +168,12 @@ class BlockPredictor:
     def to_device(self, array: np.ndarray | Tensor) -> Tensor:
         tensor = array if isinstance(array, Tensor) else self.stage(array)
         return tensor.to(self.device, non_blocking=True)
+
+    @property
+    def precision(self) -> str:
+        """The precision the network computes in (float32, bfloat16, float16): a bfloat16 map
+        differs from the float32 one on a few pixels, so reports name it."""
+        return precision_name(autocast_dtype(self.device, self.amp, self.cpu_bf16))
 
     @torch.inference_mode()
     def logits(self, spectral: Tensor, spatial: Tensor, active: Tensor) -> Tensor:

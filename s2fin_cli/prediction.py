@@ -34,7 +34,6 @@ from s2fin_cli.acceleration import (
     resolve_cpu_bf16,
     switch_mode,
 )
-from s2fin_cli.device import autocast_dtype, precision_name
 from s2fin_cli.errors import ConfigError, S2finError
 from s2fin_cli.hashing import file_sha256
 from s2fin_cli.inference import (
@@ -296,8 +295,6 @@ def run_jobs(jobs: list[Job], bundle: ModelBundle, options: RunOptions
     cpu_bf16 = options.device.type == "cpu" and resolve_cpu_bf16(options.bf16)
     batch_size = options.batch_size or default_batch_size(options.device)
     model = _prepared_model(jobs, bundle, options, batch_size, cpu_bf16)
-    # Reported beside every map: a bfloat16 map differs from the float32 one on a few pixels.
-    precision = precision_name(autocast_dtype(options.device, cpu_bf16=cpu_bf16))
     names = {c.id: c.name for c in bundle.classes}
     shard = options.shard
     for job in jobs:
@@ -334,7 +331,7 @@ def run_jobs(jobs: list[Job], bundle: ModelBundle, options: RunOptions
             else str(job.outputs.probabilities),
             "confidence": None if job.outputs.confidence is None else str(job.outputs.confidence),
             **summary.to_json(names),
-            "precision": precision,
+            "precision": predictor.precision,
         }
 
 

@@ -234,8 +234,6 @@ def radiometric_draws(n: int, spectral_shape: tuple[int, ...], spatial_shape: tu
     return Radiometric(gains, spectral, spatial)
 
 
-
-
 def scale_heights(active: Tensor, height: HeightChannel, gains: Tensor) -> Tensor:
     """``active`` with each sample's height above ground multiplied by its gain, in metres:
     z' = g z + (g - 1) mean / std. Ground (height 0) stays ground; a 10 m roof labelled once

@@ -69,6 +69,8 @@ def augment_batch(spectral: Tensor, spatial: Tensor, active: Tensor, settings: T
             mixed, donor = mixed[share], donor[share]
         spatial, active = mix_context(spatial, active, train, mixed, donor)
     return spectral, spatial, active
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch: a fixed function of (seed, epoch), so a resumed run replays it."""
     return derived_seed("s2fin-epoch", seed, epoch)

@@ -235,6 +235,13 @@ def test_default_batch_workers_follow_the_commands_threads(tmp_path: Path) -> No
         assert BlockPredictor(bundle, "cpu").workers == BatchWorkers(2, 1)
 
 
+def test_predictor_names_the_precision_it_computes_in(tmp_path: Path) -> None:
+    bundle = tiny_bundle(write_scene(tmp_path / "scene.tif", utm_grid(6, 6)))
+    assert BlockPredictor(bundle, "cpu").precision == "float32"
+    assert BlockPredictor(bundle, "cpu", cpu_bf16=True).precision == "bfloat16"
+    assert BlockPredictor(bundle, "cpu", cpu_bf16=True, amp=False).precision == "float32"
+
+
 def test_model_error_in_a_batch_worker_propagates_and_stops_the_rest(tmp_path: Path) -> None:
     path = write_scene(tmp_path / "scene.tif", utm_grid(16, 16))
     bundle = tiny_bundle(path)
