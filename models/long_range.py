@@ -30,15 +30,12 @@ from .spectral_ops import autocast_disabled
 _DECAY_FLOOR = -30.0
 
 
-def _decay(log_decay: Tensor, keep: Tensor | None = None) -> Tensor:
-    """exp(log_decay) for log_decay <= 0, exactly 0 below the floor or where ``keep`` is False.
+def _decay(log_decay: Tensor) -> Tensor:
+    """exp(log_decay) for log_decay <= 0, exactly 0 at and below the floor.
 
     exp(-inf) = 0 has a zero (not NaN) gradient, and the discarded entries get none.
     """
-    ok = log_decay > _DECAY_FLOOR
-    if keep is not None:
-        ok &= keep
-    return log_decay.masked_fill(~ok, float("-inf")).exp()
+    return F.threshold(log_decay, _DECAY_FLOOR, float("-inf")).exp()
 
 
 def selective_scan(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk: int) -> Tensor:
@@ -91,10 +88,16 @@ def _chunked_scan(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk:
     # The exponent is <= 0 on and below the diagonal. Above it the entries are clamped to 0 (so
     # they are never exponentiated to something that could overflow) and zeroed through the
     # causal mask on c.b, which also gives them exactly zero gradient.
-    seg = (a_cum_h.unsqueeze(-1) - a_cum_h.unsqueeze(-2)).clamp(max=0.0)  # [Bt, nc, H, i, j]
-    decay = seg.masked_fill(seg <= _DECAY_FLOOR, neg_inf).exp()
+    # threshold: x where x > floor, else -inf (exp: exactly 0), in one pass. Without autograd
+    # every pass works in place on the one [Bt, nc, H, i, j] buffer (1.2x the scan's speed).
+    seg = a_cum_h.unsqueeze(-1) - a_cum_h.unsqueeze(-2)  # [Bt, nc, H, i, j]
     cb = torch.bmm(c, b.transpose(1, 2)).tril_()  # [Bt*nc, i, j], shared by the heads
-    weights = decay * cb.view(bt, nc, 1, chunk, chunk)
+    if torch.is_grad_enabled():
+        decay = F.threshold(seg.clamp(max=0.0), _DECAY_FLOOR, neg_inf).exp()
+        weights = decay * cb.view(bt, nc, 1, chunk, chunk)
+    else:
+        decay = F.threshold(seg.clamp_(max=0.0), _DECAY_FLOOR, neg_inf, inplace=True).exp_()
+        weights = decay.mul_(cb.view(bt, nc, 1, chunk, chunk))
     # dt_j x_j, head-major. dt first: the product then takes dt's (head-major) layout.
     dt_h = dt.view(bt, nc, chunk, heads).transpose(2, 3).contiguous()
     xs = dt_h.unsqueeze(-1) * x.view(bt, nc, chunk, heads, p).transpose(2, 3)  # [Bt,nc,H,l,P]
@@ -208,7 +211,9 @@ class BiScanBlock(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         x, z = self.in_proj(self.norm(tokens)).chunk(2, dim=-1)
         y = self.forward_scan(x) + self.backward_scan(x.flip(1)).flip(1)
-        y = self.out_norm(y) * F.silu(z)
+        # The gate in float32 at least: under CPU bfloat16 autocast z is a strided half of the
+        # projection, on which torch's bfloat16 SiLU is 6x slower than a float32 copy's.
+        y = self.out_norm(y) * F.silu(z.to(torch.promote_types(z.dtype, torch.float32)))
         return tokens + self.drop(self.out_proj(y))
 
 

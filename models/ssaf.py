@@ -19,6 +19,44 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import Dropout, center_crop
+from .spectral_ops import autocast_disabled
+
+# Samples per step of the CPU bfloat16 attention: the scores of 16 samples x 4 heads x 121 x 121
+# (3.7 MB in float32) stay in cache between the three passes (scores, softmax, product).
+# 8 and 16 measured fastest, 32 and the whole batch of 128 slower.
+_CPU_BF16_ATTENTION_SAMPLES = 16
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """softmax(q kᵀ / √d) v for q [B, h, n, d] and k, v [B, h, m, d] (any strides).
+
+    Scaled-dot-product attention, except for inference under CPU bfloat16 autocast, where
+    :func:`_cpu_bf16_attention` computes the same in about half the time (torch's CPU flash
+    kernel spends most of its time outside the products with 8-channel heads: 23 ms against
+    12 ms per call at batch 128, 4 heads, 121 tokens on an AVX512-BF16 CPU).
+    """
+    if (
+        q.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    ):
+        return _cpu_bf16_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def _cpu_bf16_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Attention with bfloat16 products and a float32 softmax, a few samples at a time."""
+    with autocast_disabled("cpu"):
+        q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
+        q = q * q.shape[-1] ** -0.5
+        out = q.new_empty(q.shape)
+        for start in range(0, q.shape[0], _CPU_BF16_ATTENTION_SAMPLES):
+            part = slice(start, start + _CPU_BF16_ATTENTION_SAMPLES)
+            scores = torch.matmul(q[part], k[part].transpose(-1, -2))
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
+            torch.matmul(probs.to(torch.bfloat16), v[part], out=out[part])
+    return out
 
 
 class CrossAttention(nn.Module):
@@ -40,7 +78,7 @@ class CrossAttention(nn.Module):
         dh = d // self.heads
         q = self.q(self.norm_q(x)).view(b, n, self.heads, dh).transpose(1, 2)
         k, v = self.kv(self.norm_kv(context)).view(b, m, 2, self.heads, dh).unbind(2)
-        out = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2))
+        out = attention(q, k.transpose(1, 2), v.transpose(1, 2))
         return x + self.drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
 
 
