@@ -47,6 +47,9 @@ class TopKTokenAttention(nn.Module):
         q, k, v = self.qkv(self.norm(x)).view(b, n, 3, self.heads, d // self.heads).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, h, N, dh]
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.heads)
+        # Selection and softmax in float32 at least: under CPU bfloat16 autocast the scores
+        # arrive in bfloat16, whose softmax is 4x slower on the CPU than float32's.
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
         keep = min(self.top_k, n)
         if keep < n:
             kth = scores.topk(keep, dim=-1).values[..., -1:]
