@@ -30,9 +30,10 @@ Threads = Annotated[
 ]
 Compile = Annotated[
     str,
-    typer.Option("--compile", help="torch.compile the network: auto (only when the scene is "
-                 "large enough for the compile time to pay off), on, off. Compiled code is "
-                 "cached in ~/.cache/s2fin/inductor ($S2FIN_CACHE_DIR)."),
+    typer.Option("--compile", help="torch.compile the network: auto (on a GPU when the scene "
+                 "is large enough for the compile time to pay off; never on the CPU, where "
+                 "compiled code measured no faster), on, off. Compiled code is cached in "
+                 "~/.cache/s2fin/inductor ($S2FIN_CACHE_DIR)."),
 ]
 Bf16 = Annotated[
     str,

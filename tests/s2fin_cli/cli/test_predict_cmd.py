@@ -270,7 +270,8 @@ def test_compile_and_bf16_modes(tmp_path: Path, scene: Path, model: Path) -> Non
     result = runner.invoke(app, ["-v", "predict", str(scene), "-m", str(model), "-o", str(out),
                                  "--compile", "auto", "--bf16", "off"])
     assert result.exit_code == 0, result.output
-    assert "torch.compile: auto" in result.stderr and "below" in result.stderr  # tiny scene
+    # auto never compiles on the CPU: compiled code measured no faster there
+    assert "torch.compile: auto" in result.stderr and "not faster" in result.stderr
     # The summary says the precision of the map (rich may wrap the caption).
     assert "on cpu in float32" in " ".join(result.stdout.split())
     bf16 = tmp_path / "bf16.tif"
