@@ -93,7 +93,7 @@ def _chunked_scan(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk:
     seg = a_cum_h.unsqueeze(-1) - a_cum_h.unsqueeze(-2)  # [Bt, nc, H, i, j]
     cb = torch.bmm(c, b.transpose(1, 2)).tril_()  # [Bt*nc, i, j], shared by the heads
     if torch.is_grad_enabled():
-        decay = F.threshold(seg.clamp(max=0.0), _DECAY_FLOOR, neg_inf).exp()
+        decay = _decay(seg.clamp(max=0.0))
         weights = decay * cb.view(bt, nc, 1, chunk, chunk)
     else:
         decay = F.threshold(seg.clamp_(max=0.0), _DECAY_FLOOR, neg_inf, inplace=True).exp_()

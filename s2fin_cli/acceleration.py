@@ -332,6 +332,18 @@ def expected_compile_speedup(device_type: str) -> float:
     return CUDA_COMPILE_SPEEDUP if device_type == "cuda" else CPU_COMPILE_SPEEDUP
 
 
+def auto_compile_excluded(pixels: int | None, device_type: str) -> str | None:
+    """Why ``--compile auto`` will not compile whatever the eager speed (no speed-up on the
+    device, or fewer than :data:`MIN_COMPILE_PIXELS`), or None where the break-even decides: then
+    the caller needs an eager rate (a probe)."""
+    if expected_compile_speedup(device_type) <= 1.0:
+        return f"auto: compiled code was not faster than eager on {device_type} (measured)"
+    if pixels is not None and pixels < MIN_COMPILE_PIXELS:
+        return (f"auto: {pixels:,} px is below the {MIN_COMPILE_PIXELS:,} px where compiling "
+                "could pay")
+    return None
+
+
 def compile_cache_dir() -> Path:
     """Where inductor keeps compiled artefacts across processes: $S2FIN_CACHE_DIR/inductor, else
     $XDG_CACHE_HOME/s2fin/inductor, else ~/.cache/s2fin/inductor. An existing
@@ -447,14 +459,10 @@ def maybe_compile(model: torch.nn.Module, device: torch.device, mode: str = "aut
     if text == "off":
         return CompileDecision(model, False, "compile off")
     if text == "auto":
+        excluded = auto_compile_excluded(pixels, device.type)
+        if excluded is not None:
+            return CompileDecision(model, False, excluded)
         speedup = expected_compile_speedup(device.type)
-        if speedup <= 1.0:
-            return CompileDecision(model, False, f"auto: compiled code was not faster than "
-                                                 f"eager on {device.type} (measured)")
-        if pixels is not None and pixels < MIN_COMPILE_PIXELS:
-            return CompileDecision(model, False, f"auto: {pixels:,} px is below the "
-                                                 f"{MIN_COMPILE_PIXELS:,} px where compiling "
-                                                 "could pay")
         if pixels is None or eager_pixels_per_second is None or eager_pixels_per_second <= 0:
             return CompileDecision(model, False, "auto: no estimate of the work ahead")
         warm = compile_warm()

@@ -29,8 +29,7 @@ import torch
 
 from s2fin_cli import __version__, console
 from s2fin_cli.acceleration import (
-    MIN_COMPILE_PIXELS,
-    expected_compile_speedup,
+    auto_compile_excluded,
     maybe_compile,
     resolve_cpu_bf16,
     switch_mode,
@@ -265,8 +264,7 @@ def _prepared_model(jobs: list[Job], bundle: ModelBundle, options: RunOptions,
         pixels = sum(_scene_pixels(job, options.aux_bands) for job in jobs)
         if options.shard is not None:
             pixels //= options.shard.count
-        # no probe where compiling cannot pay: below the floor, or no speed-up on the device
-        if pixels >= MIN_COMPILE_PIXELS and expected_compile_speedup(options.device.type) > 1.0:
+        if auto_compile_excluded(pixels, options.device.type) is None:  # else no probe either
             probe = BlockPredictor(bundle, options.device, batch_size=batch_size, model=model,
                                    cpu_bf16=cpu_bf16)
             rate = eager_pixels_per_second(probe, batch_size)
