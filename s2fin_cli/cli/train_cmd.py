@@ -127,6 +127,13 @@ def train(
         float, typer.Option("--ema", help="Decay of an exponential moving average of the "
                             "weights, which is validated and written (0 = off).")
     ] = _D.ema,
+    consistency: Annotated[
+        float, typer.Option("--consistency", help="Weight of consistency training on the "
+                            "scene's unlabelled pixels (0 = off): every step also teaches "
+                            "strongly augmented unlabelled patches the class the network "
+                            "confidently gives a lightly augmented view (about twice the "
+                            "training time).")
+    ] = _D.consistency,
     seed: Seed = _D.seed,
     device: Device = "auto",
     threads: Threads = None,
@@ -201,7 +208,7 @@ def train(
     settings = dataclasses.replace(
         _D, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         warmup_epochs=warmup_epochs, patience=patience, seed=seed, augment=not no_augment,
-        min_steps=min_steps, ema=ema,
+        min_steps=min_steps, ema=ema, consistency=consistency,
         self_training=(_D.self_training or TrainSettings.SEMI_RATIO) if semi else 0.0)
     optical_norm, active_norm = parse_stem_norm(stem_norm)
     request = TrainRequest(

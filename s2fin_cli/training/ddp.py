@@ -22,10 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from s2fin_cli.acceleration import BatchWorkers
 from s2fin_cli.device import autocast
 from s2fin_cli.distributed import DEBUG_DIGEST_ENV, DistContext
 from s2fin_cli.errors import ConfigError
 from s2fin_cli.hashing import state_digest
+from s2fin_cli.training.consistency import unlabelled_batch, unlabelled_loss
 from s2fin_cli.training.settings import TrainSettings
 from s2fin_cli.training.steps import (
     EpochStats,
@@ -58,12 +60,14 @@ def distributed_epoch(
     generator: torch.Generator, optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler, schedule: Schedule, dist: DistContext,
     after_step: Callable[[], None] | None = None,
+    unlabelled: PatchSet | None = None,
 ) -> EpochStats:
     """One epoch on this rank's share; the returned sums are over all ranks.
 
     A rank whose share is empty (a last batch smaller than the world) still runs a forward and
     backward, on one sample with weight 0, because every rank must join every gradient
-    all-reduce.
+    all-reduce. With ``unlabelled`` (consistency training) every rank draws the same global
+    unlabelled batch, as large as the labelled one, and trains its share of it.
     """
     world, rank = dist.world_size, dist.rank
     lr = settings.lr
@@ -85,14 +89,32 @@ def distributed_epoch(
                                                   train=train)
         spectral, spatial, active, target = (t.to(device, non_blocking=True) for t in
                                              (spectral, spatial, active, target))
+        extra = None
+        if unlabelled is not None and settings.consistency > 0:
+            module = net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+            extra = unlabelled_batch(module, unlabelled, g, settings, generator,
+                                     schedule.first_step + i, schedule.total_steps,
+                                     BatchWorkers(1, torch.get_num_threads()), device,
+                                     share=rank_share(torch.arange(g), rank, world))
+            if len(extra) == 0:
+                extra = None
+        n = int(target.shape[0])
+        if extra is not None:
+            spectral, spatial, active = (torch.cat([x, u]) for x, u in (
+                (spectral, extra.spectral), (spatial, extra.spatial), (active, extra.active)))
         with autocast(device):
             logits = net(spectral, spatial, active)
-        loss_sum = F.cross_entropy(logits.float(), target, reduction="sum",
+        loss_sum = F.cross_entropy(logits[:n].float(), target, reduction="sum",
                                    label_smoothing=settings.label_smoothing)
-        if dist.any(not bool(torch.isfinite(loss_sum))):  # every rank stops together
+        loss = loss_sum * weight
+        if extra is not None:
+            # the weights are per global unlabelled batch; DDP averages over the ranks
+            loss = loss + world * unlabelled_loss(logits[n:], extra.targets, extra.weights)
+        logits = logits[:n]
+        if dist.any(not bool(torch.isfinite(loss))):  # every rank stops together
             raise ConfigError(f"the training loss became non-finite in epoch "
                               f"{schedule.epoch + 1}", hint="lower --lr")
-        optimizer_step(optimizer, scaler, loss_sum * weight, parameters, settings.grad_clip)
+        optimizer_step(optimizer, scaler, loss, parameters, settings.grad_clip)
         if after_step is not None:
             after_step()
         if weight:

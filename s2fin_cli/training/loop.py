@@ -153,14 +153,14 @@ _ValidateFn = Callable[[PatchSet], tuple[float, float]]
 def _epoch_functions(model: nn.Module, train: PatchSet, settings: TrainSettings,
                      device: torch.device, optimizer: torch.optim.Optimizer,
                      scaler: torch.amp.GradScaler, ctx: RunContext,
-                     after_step: Callable[[], None] | None
+                     after_step: Callable[[], None] | None, unlabelled: PatchSet | None
                      ) -> tuple[_EpochFn, _ValidateFn]:
     if isinstance(ctx, DistContext):
         net = wrap_ddp(model, device)  # after loading the weights: DDP starts from rank 0's
 
         def run_distributed(generator: torch.Generator, schedule: Schedule) -> EpochStats:
             return distributed_epoch(net, train, settings, device, generator, optimizer,
-                                     scaler, schedule, ctx, after_step)
+                                     scaler, schedule, ctx, after_step, unlabelled)
 
         return run_distributed, partial(distributed_validation, model, train, device=device,
                                         dist=ctx)
@@ -169,7 +169,7 @@ def _epoch_functions(model: nn.Module, train: PatchSet, settings: TrainSettings,
 
     def run_local(generator: torch.Generator, schedule: Schedule) -> EpochStats:
         return train_epoch(model, train, settings, device, generator, optimizer, scaler,
-                           schedule, after_step, workers)
+                           schedule, after_step, workers, unlabelled)
 
     def validate_local(val: PatchSet) -> tuple[float, float]:
         pred, val_loss = evaluate_patch_set(model, val, device)
@@ -191,6 +191,7 @@ def fit(
     json_lines: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     ctx: RunContext = LOCAL,
+    unlabelled: PatchSet | None = None,
 ) -> FitResult:
     """Train ``model`` (already on ``device``); returns the best-validation weights.
 
@@ -202,6 +203,9 @@ def fit(
     ``ctx``: a :class:`DistContext` to train data parallel in an initialised process group
     (every rank calls ``fit`` with the same sets and settings; ``device`` is the rank's device,
     ``settings.batch_size`` is per rank).
+
+    ``unlabelled``: the pool of unlabelled patches that consistency training draws from
+    (``settings.consistency`` > 0; :mod:`s2fin_cli.training.consistency`).
     """
     settings.validate()
     if len(train) == 0:
@@ -233,7 +237,8 @@ def fit(
                     if resume is not None and resume.averaged else
                     WeightAverage(model, settings.ema))
     run_epoch, validate = _epoch_functions(model, train, settings, device, optimizer, scaler,
-                                           ctx, averager.update if averager else None)
+                                           ctx, averager.update if averager else None,
+                                           unlabelled)
     # The weights validated, selected and written: the average when there is one.
     selected = averager.swapped_in if averager is not None else contextlib.nullcontext
 

@@ -76,6 +76,7 @@ from s2fin_cli.training.pseudo import (
     pseudo_label,
     second_fit_seed,
     second_fit_settings,
+    unlabelled_pool,
 )
 from s2fin_cli.training.report import (
     describe_counts,
@@ -217,11 +218,13 @@ def _train(request: TrainRequest, device: torch.device, protocol: Protocol, ctx:
         torch.manual_seed(settings.seed)
         model: nn.Module = S2Fin(config).to(device)
         train_set, val_set = _patch_sets(scene, selection.split, pre, config, classes, device)
+        pool = _consistency_pool(scene, selection, settings, pre, config, classes, device)
         _announce(model, selection.split, settings, device, ctx)
         if checkpoint is None:
             checkpoint = Checkpoint(json.dumps(fingerprint, sort_keys=True), pre.tensors())
         model, result, self_training = _fit_stages(
-            _Stages(request, scene, selection, pre, config, classes, device, ctx, ckpt_path),
+            _Stages(request, scene, selection, pre, config, classes, device, ctx, ckpt_path,
+                    pool),
             model, train_set, val_set, checkpoint)
         model.load_state_dict(result.best_state)
         validation = test = None
@@ -261,13 +264,15 @@ class _Stages:
     device: torch.device
     ctx: RunContext
     ckpt_path: Path
+    unlabelled: PatchSet | None  # the consistency pool (None: off)
 
     def fit(self, model: nn.Module, train: PatchSet, val: PatchSet | None,
             settings: TrainSettings, checkpoint: Checkpoint) -> FitResult:
         r = self.request
         return fit(model, train, val, settings, self.device, checkpoint_path=self.ckpt_path,
                    checkpoint=checkpoint, stop_after=r.stop_after,
-                   json_lines=r.json_lines and self.ctx.is_main, ctx=self.ctx)
+                   json_lines=r.json_lines and self.ctx.is_main, ctx=self.ctx,
+                   unlabelled=self.unlabelled)
 
 
 def _fit_stages(st: _Stages, model: nn.Module, train_set: PatchSet, val_set: PatchSet | None,
@@ -420,6 +425,28 @@ def _patch_sets(scene: Scene, split: Split, pre: Preprocessor, config: S2FinConf
     val_set = (extract_patch_set(scene, split.val, pre, geometry, classes.ids, device,
                                  storage=storage) if len(split.val) else None)
     return train_set, val_set
+
+
+def _consistency_pool(scene: Scene, selection: _Selection, settings: TrainSettings,
+                      pre: Preprocessor, config: S2FinConfig, classes: ClassTable,
+                      device: torch.device) -> PatchSet | None:
+    """The unlabelled patches consistency training draws from (None when it is off or the
+    scene has no unlabelled valid centre); every rank cuts the same seeded pool."""
+    if settings.consistency <= 0:
+        return None
+    pool = unlabelled_pool(scene, selection.labelled, selection.split, config.patch_size,
+                           settings.CONSISTENCY_POOL, settings.seed)
+    if len(pool) == 0:
+        console.warn("consistency training: the scene has no unlabelled pixel; training on "
+                     "the labels alone")
+        return None
+    console.info(f"consistency training on {len(pool)} unlabelled pixels")
+    # The pool's targets are never read (consistency gives its own): any class id will do.
+    pool = Samples(pool.rows, pool.cols, np.full(len(pool), classes.ids[0], np.int64))
+    storage = device if device.type == "cuda" else torch.device("cpu")
+    return extract_patch_set(scene, pool, pre,
+                             PatchGeometry(config.patch_size, config.spectral_window),
+                             classes.ids, device, storage=storage)
 
 
 def _announce(model: nn.Module, split: Split, settings: TrainSettings, device: torch.device,

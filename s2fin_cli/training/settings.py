@@ -70,9 +70,23 @@ class TrainSettings:
     # unlabelled pixels, and a second fit on labels + pseudo-labels (training/pseudo.py).
     self_training: float = 0.0
     pseudo_threshold: float = 0.9
+    # Consistency training on unlabelled pixels (--consistency W; 0 = off;
+    # training/consistency.py): every step also trains strong views of as many unlabelled
+    # patches as it has labelled ones on the network's confident (>= consistency_threshold)
+    # eval-mode classes of weak views, with weight W ramped up over the first
+    # consistency_ramp of the steps; strong views: a flip/rotation, a gain of ±strong_gain and
+    # noise of std strong_noise on the optical inputs.
+    consistency: float = 0.0
+    consistency_threshold: float = 0.8
+    consistency_ramp: float = 0.5
+    strong_gain: float = 0.3
+    strong_noise: float = 0.15
 
     # The ratio ``--semi`` sets (``--no-semi``: 0).
     SEMI_RATIO = 2.0
+    # Unlabelled pixels cut for consistency training (their patches stay in memory: ~90 MB
+    # with 64 bands and the default geometry).
+    CONSISTENCY_POOL = 4096
     # The default floor per class. Few classes need fewer steps: a flat 200 showed each of
     # Sen1Floods11's 20 labels (2 classes, N = 10) 320 times and scored 2.5 points of OA below
     # 36 steps, over 9 runs (docs/network.md, "A step floor per class").
@@ -123,6 +137,14 @@ class TrainSettings:
             (math.isfinite(self.self_training) and self.self_training >= 0,
              "the self-training ratio must be >= 0"),
             (0.0 <= self.pseudo_threshold <= 1.0, "the pseudo-label threshold must be in [0, 1]"),
+            (math.isfinite(self.consistency) and self.consistency >= 0,
+             f"--consistency must be >= 0, got {self.consistency}"),
+            (0.0 <= self.consistency_threshold <= 1.0,
+             "the consistency threshold must be in [0, 1]"),
+            (0.0 <= self.consistency_ramp <= 1.0, "the consistency ramp must be in [0, 1]"),
+            (0.0 <= self.strong_gain < 1.0, "the strong views' gain jitter must be in [0, 1)"),
+            (math.isfinite(self.strong_noise) and self.strong_noise >= 0,
+             "the strong views' noise must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -22,6 +22,7 @@ from s2fin_cli.acceleration import BatchWorkers, map_in_batch_workers
 from s2fin_cli.device import autocast
 from s2fin_cli.errors import ConfigError
 from s2fin_cli.hashing import derived_seed
+from s2fin_cli.training.consistency import UnlabelledBatch, combined_loss, unlabelled_batch
 from s2fin_cli.training.settings import TrainSettings
 from s2fin_cli.training_data import (
     PatchSet,
@@ -157,8 +158,8 @@ def split_batch(spectral: Tensor, spatial: Tensor, active: Tensor, target: Tenso
 def training_step(model: nn.Module, spectral: Tensor, spatial: Tensor, active: Tensor,
                   target: Tensor, settings: TrainSettings, optimizer: torch.optim.Optimizer,
                   scaler: torch.amp.GradScaler, parameters: list[nn.Parameter],
-                  workers: BatchWorkers, dropout_seed: Callable[[int], int]
-                  ) -> tuple[Tensor, Tensor]:
+                  workers: BatchWorkers, dropout_seed: Callable[[int], int],
+                  unlabelled: UnlabelledBatch | None = None) -> tuple[Tensor, Tensor]:
     """One optimiser step on a batch; returns the batch's mean loss and its logits (detached).
 
     With one worker the batch runs as a whole (dropout from torch's global generator, seeded per
@@ -170,7 +171,15 @@ def training_step(model: nn.Module, spectral: Tensor, spatial: Tensor, active: T
     up to float rounding and dropout draws, and is deterministic for a given worker count.
     Why: the default network's small operations do not split well over intra-op threads, so
     parts on single-thread workers use the cores better (measured in docs/network.md).
+
+    ``unlabelled`` (consistency training): its strong views join the batch, their weighted
+    loss is added (:func:`s2fin_cli.training.consistency.combined_loss`); the returned loss and
+    logits are the labelled samples'.
     """
+    if unlabelled is not None:
+        return _step_with_unlabelled(model, spectral, spatial, active, target, unlabelled,
+                                     settings, optimizer, scaler, parameters, workers,
+                                     dropout_seed)
     if workers.count == 1:
         with autocast(spectral.device):
             logits = model(spectral, spatial, active)
@@ -192,12 +201,68 @@ def training_step(model: nn.Module, spectral: Tensor, spatial: Tensor, active: T
     results = list(map_in_batch_workers(part_gradients, parts, workers))
     loss = torch.stack([part_loss for _, part_loss, _ in results]).sum()
     _check_finite(loss)
-    optimizer.zero_grad(set_to_none=True)
-    for i, parameter in enumerate(parameters):
-        terms = [g for part, _, _ in results if (g := part[i]) is not None]
-        parameter.grad = _sum_in_order(terms) if terms else None
+    _set_summed_gradients(parameters, [gradients for gradients, _, _ in results], optimizer)
     _clip_and_step(optimizer, scaler, parameters, settings.grad_clip)
     return loss, torch.cat([logits for _, _, logits in results])
+
+
+def _step_with_unlabelled(model: nn.Module, spectral: Tensor, spatial: Tensor, active: Tensor,
+                          target: Tensor, unlabelled: UnlabelledBatch, settings: TrainSettings,
+                          optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                          parameters: list[nn.Parameter], workers: BatchWorkers,
+                          dropout_seed: Callable[[int], int]) -> tuple[Tensor, Tensor]:
+    """:func:`training_step` on the labelled batch followed by the unlabelled strong views:
+    one batch, per-sample weights (1 / labelled count for the labels), split over the workers
+    as a labelled batch is."""
+    size = int(target.shape[0])
+    inputs = [torch.cat([x, u]) for x, u in ((spectral, unlabelled.spectral),
+                                               (spatial, unlabelled.spatial),
+                                               (active, unlabelled.active))]
+    targets = torch.cat([target, unlabelled.targets])
+    weights = torch.cat([torch.full((size,), 1.0 / size, device=target.device),
+                         unlabelled.weights])
+    is_labelled = torch.arange(int(targets.shape[0])) < size
+    smoothing = settings.label_smoothing
+    if workers.count == 1:
+        with autocast(spectral.device):
+            logits = model(*inputs)
+        loss, labelled = combined_loss(logits, targets, weights, size, smoothing)
+        _check_finite(loss)
+        optimizer_step(optimizer, scaler, loss, parameters, settings.grad_clip)
+        return labelled, logits.detach()[:size]
+
+    def part_gradients(part: tuple[Tensor, ...], seed: int
+                       ) -> tuple[tuple[Tensor | None, ...], Tensor, Tensor, Tensor]:
+        *part_inputs, part_targets, part_weights, part_labelled = part
+        with dropout_generator(torch.Generator().manual_seed(seed)):
+            logits = model(*part_inputs)
+        # labelled samples come first in the batch, so first in each part
+        loss, labelled = combined_loss(logits, part_targets, part_weights,
+                                       int(part_labelled.sum()), smoothing)
+        gradients = torch.autograd.grad(loss, parameters, allow_unused=True)
+        return gradients, loss.detach(), labelled, logits.detach()
+
+    count = min(workers.count, int(targets.shape[0]))
+    pieces = list(zip(*(t.tensor_split(count) for t in
+                        (*inputs, targets, weights, is_labelled)), strict=True))
+    results = list(map_in_batch_workers(lambda item: part_gradients(*item),
+                                        [(p, dropout_seed(k)) for k, p in enumerate(pieces)],
+                                        workers))
+    _check_finite(torch.stack([total for _, total, _, _ in results]).sum())
+    _set_summed_gradients(parameters, [gradients for gradients, _, _, _ in results], optimizer)
+    _clip_and_step(optimizer, scaler, parameters, settings.grad_clip)
+    labelled_loss = torch.stack([labelled for _, _, labelled, _ in results]).sum()
+    return labelled_loss, torch.cat([logits for _, _, _, logits in results])[:size]
+
+
+def _set_summed_gradients(parameters: list[nn.Parameter],
+                          parts: list[tuple[Tensor | None, ...]],
+                          optimizer: torch.optim.Optimizer) -> None:
+    """Each parameter's gradient = its parts' gradients added in part order."""
+    optimizer.zero_grad(set_to_none=True)
+    for i, parameter in enumerate(parameters):
+        terms = [g for part in parts if (g := part[i]) is not None]
+        parameter.grad = _sum_in_order(terms) if terms else None
 
 
 def _sum_in_order(terms: list[Tensor]) -> Tensor:
@@ -224,11 +289,12 @@ def train_epoch(
     scaler: torch.amp.GradScaler, schedule: Schedule,
     after_step: Callable[[], None] | None = None,
     workers: BatchWorkers | None = None,
+    unlabelled: PatchSet | None = None,
 ) -> EpochStats:
     """One single-process epoch over ``train`` in batches drawn from ``generator``
     (``after_step`` runs after every optimiser step, e.g. a weight average's update;
     ``workers``: how each batch is trained, see :func:`training_step`; default one batch at a
-    time)."""
+    time; ``unlabelled``: the consistency pool, see :mod:`s2fin_cli.training.consistency`)."""
     workers = workers or BatchWorkers(1, torch.get_num_threads())
     lr = settings.lr
     loss_sum, correct, seen = 0.0, 0, 0
@@ -241,10 +307,15 @@ def train_epoch(
                                                   train=train)
         spectral, spatial, active, target = (t.to(device, non_blocking=True) for t in
                                              (spectral, spatial, active, target))
+        extra = None
+        if unlabelled is not None and settings.consistency > 0:
+            extra = unlabelled_batch(model, unlabelled, int(target.shape[0]), settings,
+                                     generator, schedule.first_step + i, schedule.total_steps,
+                                     workers, device)
         try:
             loss, logits = training_step(model, spectral, spatial, active, target, settings,
                                          optimizer, scaler, parameters, workers,
-                                         dropout_seeds(settings.seed, schedule.epoch, i))
+                                         dropout_seeds(settings.seed, schedule.epoch, i), extra)
         except ConfigError as exc:
             raise ConfigError(f"{exc.message} in epoch {schedule.epoch + 1}",
                               hint=exc.hint) from None

@@ -1,0 +1,142 @@
+"""Consistency training on the scene's unlabelled pixels (``s2fin train --consistency``).
+
+A few labels say little about how a class varies across a scene; the unlabelled pixels show it.
+Before the fit, a seeded pool of unlabelled pixels (:func:`s2fin_cli.training.pseudo.
+unlabelled_pool`: valid centres, not labelled, no patch overlapping a validation patch) is cut
+once, as the training patches are. Every optimiser step then also draws as many pool patches as
+its labelled batch holds and, FixMatch-style (Sohn et al., 2020):
+
+- a *weak* view of each (a random flip/rotation) is classified by the network in eval mode,
+  without gradient;
+- where that prediction is confident (probability >= ``consistency_threshold``), its class is
+  the target of a *strong* view of the same patch (another flip/rotation, a per-sample gain of
+  ±``strong_gain`` and noise of std ``strong_noise`` on the optical inputs) in the same step;
+- the unlabelled loss, a mean over the drawn patches, is added to the labelled one with the
+  weight ``consistency``, ramped up linearly over the first ``consistency_ramp`` of the steps
+  (the early network's guesses are poor).
+
+Targets are plain cross-entropy (no label smoothing). Everything is drawn from the epoch's
+generator after the labelled batch's augmentation, so a run is deterministic and a resumed run
+replays it. Test labels are never used: the pool is drawn from the whole scene.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from s2fin_cli.acceleration import BatchWorkers, map_in_batch_workers
+from s2fin_cli.device import autocast
+from s2fin_cli.training.settings import TrainSettings
+from s2fin_cli.training_data import PatchSet, augment, augment_choices, radiometric_draws
+
+
+@dataclass(frozen=True)
+class UnlabelledBatch:
+    """The strong views of one step's unlabelled patches, their targets and loss weights."""
+
+    spectral: Tensor
+    spatial: Tensor
+    active: Tensor
+    targets: Tensor  # (U,) int64: the class the weak view was given (output index)
+    weights: Tensor  # (U,) float32: ramped weight / global unlabelled count, 0 where unsure
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+    @property
+    def confident(self) -> int:
+        """Patches that train (a confident weak prediction)."""
+        return int((self.weights > 0).sum())
+
+
+def ramped_weight(settings: TrainSettings, step: int, total_steps: int) -> float:
+    """The unlabelled loss's weight at optimiser ``step`` (0-based) of ``total_steps``."""
+    span = settings.consistency_ramp * total_steps
+    if span <= 0:
+        return settings.consistency
+    return settings.consistency * min(1.0, step / span)
+
+
+@torch.no_grad()
+def weak_predictions(model: nn.Module, views: tuple[Tensor, Tensor, Tensor],
+                     workers: BatchWorkers) -> Tensor:
+    """Class probabilities (float32) of the weak views, the network in eval mode without
+    gradient (no dropout), split over the batch workers like a training batch; the network's
+    mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        parts = list(zip(*(t.tensor_split(max(1, min(workers.count, int(t.shape[0]))))
+                           for t in views), strict=True))
+
+        def classify(part: tuple[Tensor, ...]) -> Tensor:
+            with autocast(part[0].device):
+                return model(*part).float().softmax(1)
+
+        return torch.cat(list(map_in_batch_workers(classify, parts, workers)))
+    finally:
+        model.train(was_training)
+
+
+def unlabelled_batch(model: nn.Module, pool: PatchSet, size: int, settings: TrainSettings,
+                     generator: torch.Generator, step: int, total_steps: int,
+                     workers: BatchWorkers, device: torch.device, *,
+                     share: Tensor | None = None) -> UnlabelledBatch:
+    """One step's unlabelled batch: ``size`` pool patches drawn from ``generator``, their weak
+    views classified, their strong views with targets and weights (see the module docstring).
+
+    Data parallel: every rank draws the same ``size`` patches and transforms (the global batch)
+    and classifies and returns its ``share`` (positions in it); the weights are per global
+    batch, as the labelled loss's are.
+    """
+    index = torch.randint(0, len(pool), (size,), generator=generator)
+    weak_choice = augment_choices(size, generator)
+    strong_choice = augment_choices(size, generator)
+    draws = None
+    if settings.strong_gain > 0 or settings.strong_noise > 0:
+        draws = radiometric_draws(size, tuple(pool.spectral.shape[1:]),
+                                  tuple(pool.spatial.shape[1:]), generator,
+                                  settings.strong_gain, settings.strong_noise)
+    if share is not None:
+        index, weak_choice, strong_choice = index[share], weak_choice[share], strong_choice[share]
+        draws = None if draws is None else draws.subset(share)
+    spectral, spatial, active, _ = pool.batch(index)
+    weak = augment(spectral, spatial, active, generator, choice=weak_choice)
+    strong_spectral, strong_spatial, strong_active = augment(spectral, spatial, active,
+                                                             generator, choice=strong_choice)
+    if draws is not None:
+        strong_spectral, strong_spatial = draws.apply(strong_spectral, strong_spatial)
+    weak_spectral, weak_spatial, weak_active = (t.to(device, non_blocking=True) for t in weak)
+    probabilities = weak_predictions(model, (weak_spectral, weak_spatial, weak_active), workers)
+    confidence, targets = probabilities.max(1)
+    weight = ramped_weight(settings, step, total_steps) / size
+    weights = (confidence >= settings.consistency_threshold).float() * weight
+    return UnlabelledBatch(strong_spectral.to(device, non_blocking=True),
+                           strong_spatial.to(device, non_blocking=True),
+                           strong_active.to(device, non_blocking=True), targets, weights)
+
+
+def unlabelled_loss(logits: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
+    """The unlabelled term: the sum of plain cross-entropies (no label smoothing: a confident
+    class is the target) times the per-sample weights."""
+    return (F.cross_entropy(logits.float(), targets, reduction="none") * weights).sum()
+
+
+def combined_loss(logits: Tensor, targets: Tensor, weights: Tensor, labelled: int,
+                  label_smoothing: float) -> tuple[Tensor, Tensor]:
+    """(loss, its labelled part) of a batch whose first ``labelled`` samples are labelled and
+    the rest unlabelled strong views: per-sample cross-entropies times ``weights``, label-smoothed
+    for the labels, :func:`unlabelled_loss` for the rest. The labelled part, detached, is what
+    the epoch reports as its training loss."""
+    part = (F.cross_entropy(logits[:labelled].float(), targets[:labelled], reduction="none",
+                            label_smoothing=label_smoothing) * weights[:labelled]).sum()
+    rest = unlabelled_loss(logits[labelled:], targets[labelled:], weights[labelled:])
+    return part + rest, part.detach()
+
+
+__all__ = ["UnlabelledBatch", "combined_loss", "ramped_weight", "unlabelled_batch",
+           "unlabelled_loss", "weak_predictions"]

@@ -1,0 +1,185 @@
+"""Consistency training on unlabelled pixels (s2fin_cli/training/consistency.py): the ramp, the
+targets and weights of an unlabelled batch, data-parallel shares, the combined loss, the split
+step, and a whole run through ``run_training`` (deterministic, exact resume)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models import S2Fin
+from s2fin_cli.acceleration import BatchWorkers
+from s2fin_cli.errors import ConfigError
+from s2fin_cli.model_file import load_model_file
+from s2fin_cli.training import TrainingStopped, TrainSettings, checkpoint_path_for, run_training
+from s2fin_cli.training.consistency import (
+    UnlabelledBatch,
+    combined_loss,
+    ramped_weight,
+    unlabelled_batch,
+    unlabelled_loss,
+)
+from s2fin_cli.training.steps import dropout_seeds, training_step
+from s2fin_cli.training_data import PatchSet, augment, augment_choices, rank_share
+from tests.helpers import make_training_data, tiny_config, tiny_request, torch_threads
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_training_data(tmp_path_factory.mktemp("consistency"))
+
+
+def _pool(model: S2Fin, n: int = 24, seed: int = 0) -> PatchSet:
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    p, s = cfg.patch_size, cfg.spectral_window
+    return PatchSet(torch.randn(n, cfg.bands, s, s, generator=g),
+                    torch.randn(n, cfg.reduced_bands, p, p, generator=g),
+                    torch.randn(n, cfg.active_bands, p, p, generator=g),
+                    torch.zeros(n, dtype=torch.int64))
+
+
+def test_the_weight_ramps_up_linearly_then_holds() -> None:
+    settings = TrainSettings(consistency=2.0, consistency_ramp=0.5)
+    assert [ramped_weight(settings, s, 100) for s in (0, 25, 50, 99)] == [0.0, 1.0, 2.0, 2.0]
+    flat = dataclasses.replace(settings, consistency_ramp=0.0)
+    assert ramped_weight(flat, 0, 100) == 2.0
+
+
+def test_settings_check_the_consistency_options() -> None:
+    for bad in ({"consistency": -1.0}, {"consistency_threshold": 1.5},
+                {"consistency_ramp": 2.0}, {"strong_gain": 1.0}, {"strong_noise": -0.1}):
+        with pytest.raises(ConfigError):
+            TrainSettings(**bad).validate()  # type: ignore[arg-type]
+
+
+def test_targets_are_the_eval_classes_of_the_weak_views() -> None:
+    torch.manual_seed(0)
+    model = S2Fin(tiny_config(dropout=0.5)).train()
+    pool = _pool(model)
+    settings = TrainSettings(consistency=1.0, consistency_threshold=0.0, consistency_ramp=0.5)
+    with torch_threads(1):
+        batch = unlabelled_batch(model, pool, 10, settings, torch.Generator().manual_seed(7),
+                                 step=30, total_steps=100, workers=BatchWorkers(1, 1),
+                                 device=torch.device("cpu"))
+    assert model.training  # the network's mode is restored
+    # Replay the draws: patches, weak and strong transforms (radiometric draws follow).
+    g = torch.Generator().manual_seed(7)
+    index = torch.randint(0, len(pool), (10,), generator=g)
+    weak_choice, strong_choice = augment_choices(10, g), augment_choices(10, g)
+    views = pool.batch(index)[:3]
+    weak = augment(*views, torch.Generator(), choice=weak_choice)
+    model.eval()
+    with torch.no_grad():
+        expected = model(*weak).argmax(1)
+    assert torch.equal(batch.targets, expected)
+    # threshold 0: every patch trains, with the ramped weight (0.6 at step 30) per patch
+    assert torch.allclose(batch.weights, torch.full((10,), 0.6 / 10))
+    assert batch.confident == 10 and len(batch) == 10
+    # the strong view: another transform and radiometric changes of the optical inputs only
+    strong = augment(*views, torch.Generator(), choice=strong_choice)
+    assert torch.equal(batch.active, strong[2])
+    assert not torch.allclose(batch.spatial, strong[1])
+
+
+def test_unsure_predictions_do_not_train() -> None:
+    torch.manual_seed(0)
+    model = S2Fin(tiny_config())
+    settings = TrainSettings(consistency=1.0, consistency_threshold=1.0, consistency_ramp=0.0)
+    batch = unlabelled_batch(model, _pool(model), 8, settings, torch.Generator().manual_seed(1),
+                             0, 10, BatchWorkers(1, 1), torch.device("cpu"))
+    assert batch.confident == 0 and float(batch.weights.sum()) == 0.0
+
+
+def test_data_parallel_shares_make_up_the_global_batch() -> None:
+    torch.manual_seed(0)
+    model = S2Fin(tiny_config(dropout=0.0))
+    pool = _pool(model)
+    settings = TrainSettings(consistency=1.0, consistency_threshold=0.3, consistency_ramp=0.0)
+
+    def draw(share: torch.Tensor | None) -> UnlabelledBatch:
+        with torch_threads(1):
+            return unlabelled_batch(model, pool, 9, settings, torch.Generator().manual_seed(3),
+                                    5, 10, BatchWorkers(1, 1), torch.device("cpu"), share=share)
+
+    whole = draw(None)
+    shares = [rank_share(torch.arange(9), rank, 2) for rank in range(2)]
+    parts = [draw(share) for share in shares]
+    for field in ("spectral", "spatial", "active", "targets", "weights"):
+        merged = torch.empty_like(getattr(whole, field))
+        for share, part in zip(shares, parts, strict=True):
+            merged[share] = getattr(part, field)
+        assert torch.allclose(merged.float(), getattr(whole, field).float(), atol=1e-6), field
+
+
+def test_the_combined_loss_adds_the_weighted_unlabelled_term() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 4, generator=g)
+    targets = torch.randint(0, 4, (7,), generator=g)
+    weights = torch.tensor([1 / 3] * 3 + [0.25, 0.0, 0.25, 0.25])
+    loss, labelled = combined_loss(logits, targets, weights, 3, 0.1)
+    expected_labelled = F.cross_entropy(logits[:3], targets[:3], label_smoothing=0.1)
+    expected_rest = (F.cross_entropy(logits[3:], targets[3:], reduction="none")
+                     * weights[3:]).sum()
+    assert float(labelled) == pytest.approx(float(expected_labelled), rel=1e-6)
+    assert float(loss) == pytest.approx(float(expected_labelled + expected_rest), rel=1e-6)
+    assert float(unlabelled_loss(logits[3:], targets[3:], weights[3:])) == pytest.approx(
+        float(expected_rest), rel=1e-6)
+
+
+def _step_with_unlabelled(workers: BatchWorkers) -> tuple[float, torch.Tensor,
+                                                          list[torch.Tensor]]:
+    torch.manual_seed(0)
+    model = S2Fin(tiny_config(dropout=0.0)).train()
+    pool = _pool(model, seed=1)
+    g = torch.Generator().manual_seed(2)
+    spectral, spatial, active, _ = _pool(model, n=6, seed=2).batch(torch.arange(6))
+    target = torch.randint(0, model.config.num_classes, (6,), generator=g)
+    settings = TrainSettings(consistency=1.0, consistency_threshold=0.0, consistency_ramp=0.0)
+    extra = unlabelled_batch(model, pool, 6, settings, g, 0, 10, workers, torch.device("cpu"))
+    parameters = list(model.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    loss, logits = training_step(model, spectral, spatial, active, target, settings, optimizer,
+                                 scaler, parameters, workers, dropout_seeds(0, 0, 0), extra)
+    assert logits.shape == (6, model.config.num_classes)  # the labelled samples' logits
+    return float(loss), logits, [t.detach().clone() for t in parameters]
+
+
+def test_a_split_step_with_unlabelled_views_takes_the_whole_batch_step() -> None:
+    with torch_threads(1):
+        whole = _step_with_unlabelled(BatchWorkers(1, 1))
+        split = _step_with_unlabelled(BatchWorkers(3, 1))
+    assert split[0] == pytest.approx(whole[0], abs=1e-6)
+    assert torch.allclose(split[1], whole[1], atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(split[2], whole[2], strict=True))
+
+
+def test_a_run_with_consistency_is_deterministic_and_resumes_exactly(
+        data: dict[str, Path], tmp_path: Path) -> None:
+    settings = TrainSettings(epochs=3, batch_size=16, warmup_epochs=1, seed=2, min_steps=0,
+                             consistency=1.0, consistency_threshold=0.3)
+    extra = {"settings": settings, "val_fraction": None, "per_class": 8}
+    out = tmp_path / "resumed.s2fin"
+    with torch_threads(1):
+        full = run_training(tiny_request(data, tmp_path / "full.s2fin", **extra))
+        plain = run_training(tiny_request(
+            data, tmp_path / "plain.s2fin", **{**extra, "settings": dataclasses.replace(
+                settings, consistency=0.0)}))
+        with pytest.raises(TrainingStopped):
+            run_training(tiny_request(data, out, stop_after=2, **extra))
+        assert checkpoint_path_for(out).exists()
+        resumed = run_training(tiny_request(data, out, resume=True, **extra))
+    a, b = load_model_file(full.output).state_dict, load_model_file(resumed.output).state_dict
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert full.bundle.metrics == resumed.bundle.metrics
+    c = load_model_file(plain.output).state_dict
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the unlabelled term did train
+    recorded = full.bundle.provenance["settings"]
+    assert recorded["consistency"] == 1.0 and recorded["consistency_threshold"] == 0.3
+    assert np.isfinite([h["train_loss"] for h in full.history]).all()
