@@ -134,6 +134,10 @@ def train(
                             "confidently gives a lightly augmented view (about twice the "
                             "training time).")
     ] = _D.consistency,
+    consistency_threshold: Annotated[
+        float, typer.Option("--consistency-threshold", help="The probability the network must "
+                            "give an unlabelled patch's class for it to train (0..1).")
+    ] = _D.consistency_threshold,
     seed: Seed = _D.seed,
     device: Device = "auto",
     threads: Threads = None,
@@ -209,6 +213,7 @@ def train(
         _D, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         warmup_epochs=warmup_epochs, patience=patience, seed=seed, augment=not no_augment,
         min_steps=min_steps, ema=ema, consistency=consistency,
+        consistency_threshold=consistency_threshold,
         self_training=(_D.self_training or TrainSettings.SEMI_RATIO) if semi else 0.0)
     optical_norm, active_norm = parse_stem_norm(stem_norm)
     request = TrainRequest(

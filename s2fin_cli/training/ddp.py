@@ -71,7 +71,7 @@ def distributed_epoch(
     """
     world, rank = dist.world_size, dist.rank
     lr = settings.lr
-    totals = np.zeros(3)  # loss sum, correct, seen
+    totals = np.zeros(5)  # loss sum, correct, seen, unlabelled drawn, confident
     parameters = list(net.parameters())
     for i, batch in enumerate(epoch_batches(len(train), settings.batch_size * world,
                                             generator)):
@@ -118,10 +118,13 @@ def distributed_epoch(
         if after_step is not None:
             after_step()
         if weight:
-            totals += (float(loss_sum.detach()), int((logits.detach().argmax(1) == target).sum()),
-                       int(target.shape[0]))
-    loss_total, correct, seen = dist.all_reduce_sum(totals)
-    return EpochStats(lr, float(loss_total), round(float(correct)), round(float(seen)))
+            totals[:3] += (float(loss_sum.detach()),
+                           int((logits.detach().argmax(1) == target).sum()), n)
+        if extra is not None:
+            totals[3:] += (len(extra), extra.confident)
+    loss_total, correct, seen, drawn, confident = dist.all_reduce_sum(totals)
+    return EpochStats(lr, float(loss_total), round(float(correct)), round(float(seen)),
+                      round(float(drawn)), round(float(confident)))
 
 
 def distributed_validation(model: nn.Module, train: PatchSet, val: PatchSet,

@@ -255,10 +255,7 @@ def fit(
             model.train()
             stats = run_epoch(generator, Schedule(epoch * steps_per_epoch, total_steps,
                                                   warmup_steps, epoch))
-            record: dict[str, Any] = {
-                "epoch": epoch + 1, "lr": stats.lr, "train_loss": stats.loss_sum / stats.seen,
-                "train_accuracy": stats.correct / stats.seen,
-            }
+            record: dict[str, Any] = {"epoch": epoch + 1, **stats.record()}
             with selected():
                 if val is not None and len(val):
                     val_oa, val_loss = validate(val)

@@ -107,6 +107,17 @@ class EpochStats:
     loss_sum: float
     correct: int
     seen: int
+    # consistency training: unlabelled patches drawn, and those confident enough to train
+    unlabelled: int = 0
+    confident: int = 0
+
+    def record(self) -> dict[str, float]:
+        """The epoch's entry in the training history (without validation and timing)."""
+        out = {"lr": self.lr, "train_loss": self.loss_sum / self.seen,
+               "train_accuracy": self.correct / self.seen}
+        if self.unlabelled:
+            out["unlabelled_confident"] = self.confident / self.unlabelled
+        return out
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -297,7 +308,7 @@ def train_epoch(
     time; ``unlabelled``: the consistency pool, see :mod:`s2fin_cli.training.consistency`)."""
     workers = workers or BatchWorkers(1, torch.get_num_threads())
     lr = settings.lr
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum, correct, seen, drawn, confident = 0.0, 0, 0, 0, 0
     parameters = list(model.parameters())
     for i, index in enumerate(epoch_batches(len(train), settings.batch_size, generator)):
         lr = schedule.lr(i, settings.lr)
@@ -312,6 +323,7 @@ def train_epoch(
             extra = unlabelled_batch(model, unlabelled, int(target.shape[0]), settings,
                                      generator, schedule.first_step + i, schedule.total_steps,
                                      workers, device)
+            drawn, confident = drawn + len(extra), confident + extra.confident
         try:
             loss, logits = training_step(model, spectral, spatial, active, target, settings,
                                          optimizer, scaler, parameters, workers,
@@ -325,7 +337,7 @@ def train_epoch(
         loss_sum += float(loss.detach()) * n
         correct += int((logits.detach().argmax(1) == target).sum())
         seen += n
-    return EpochStats(lr, loss_sum, correct, seen)
+    return EpochStats(lr, loss_sum, correct, seen, drawn, confident)
 
 
 @torch.no_grad()

@@ -183,3 +183,5 @@ def test_a_run_with_consistency_is_deterministic_and_resumes_exactly(
     recorded = full.bundle.provenance["settings"]
     assert recorded["consistency"] == 1.0 and recorded["consistency_threshold"] == 0.3
     assert np.isfinite([h["train_loss"] for h in full.history]).all()
+    assert sum(h["unlabelled_confident"] for h in full.history) > 0
+    assert "unlabelled_confident" not in plain.history[0]
