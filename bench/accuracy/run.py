@@ -355,6 +355,10 @@ def _recipe_line(changes: dict[str, Any]) -> str:
                if st.gain_jitter or st.spectral_noise else "")
             + (f", height gain ±{st.height_jitter:g}" if st.height_jitter else "")
             + (f", weight average (EMA {st.ema:g})" if st.ema else "")
+            + (f", consistency training on {st.CONSISTENCY_POOL} unlabelled pixels (weight "
+               f"{st.consistency:g} ramped over the first {st.consistency_ramp:.0%} of the "
+               f"steps, threshold {st.consistency_threshold:g}, strong views gain "
+               f"±{st.strong_gain:g} and noise {st.strong_noise:g})" if st.consistency else "")
             + f"; validation: {val}. Its test score is `summary.test`, the `--test-labels` "
             "report of `s2fin train`.")
     if changes:

@@ -13,7 +13,10 @@ its labelled batch holds and, FixMatch-style (Sohn et al., 2020):
   ±``strong_gain`` and noise of std ``strong_noise`` on the optical inputs) in the same step;
 - the unlabelled loss, a mean over the drawn patches, is added to the labelled one with the
   weight ``consistency``, ramped up linearly over the first ``consistency_ramp`` of the steps
-  (the early network's guesses are poor).
+  (the early network's guesses are poor);
+- with ``consistency_balance``, a class given to more than 1 / classes of the drawn patches
+  has its patches' weights scaled down to that share (scenes where one class covers most of
+  the area otherwise teach it everywhere).
 
 Targets are plain cross-entropy (no label smoothing). Everything is drawn from the epoch's
 generator after the labelled batch's augmentation, so a run is deterministic and a resumed run
@@ -22,6 +25,7 @@ replays it. Test labels are never used: the pool is drawn from the whole scene.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -85,13 +89,15 @@ def weak_predictions(model: nn.Module, views: tuple[Tensor, Tensor, Tensor],
 def unlabelled_batch(model: nn.Module, pool: PatchSet, size: int, settings: TrainSettings,
                      generator: torch.Generator, step: int, total_steps: int,
                      workers: BatchWorkers, device: torch.device, *,
-                     share: Tensor | None = None) -> UnlabelledBatch:
+                     share: Tensor | None = None,
+                     global_sum: Callable[[Tensor], Tensor] | None = None) -> UnlabelledBatch:
     """One step's unlabelled batch: ``size`` pool patches drawn from ``generator``, their weak
     views classified, their strong views with targets and weights (see the module docstring).
 
     Data parallel: every rank draws the same ``size`` patches and transforms (the global batch)
     and classifies and returns its ``share`` (positions in it); the weights are per global
-    batch, as the labelled loss's are.
+    batch, as the labelled loss's are, and ``global_sum`` adds a tensor over the ranks (the
+    class counts of ``consistency_balance``).
     """
     index = torch.randint(0, len(pool), (size,), generator=generator)
     weak_choice = augment_choices(size, generator)
@@ -114,10 +120,26 @@ def unlabelled_batch(model: nn.Module, pool: PatchSet, size: int, settings: Trai
     probabilities = weak_predictions(model, (weak_spectral, weak_spatial, weak_active), workers)
     confidence, targets = probabilities.max(1)
     weight = ramped_weight(settings, step, total_steps) / size
-    weights = (confidence >= settings.consistency_threshold).float() * weight
+    confident = confidence >= settings.consistency_threshold
+    weights = confident.float() * weight
+    if settings.consistency_balance:
+        weights = weights * balance_factors(targets, confident, probabilities.shape[1], size,
+                                            global_sum)
     return UnlabelledBatch(strong_spectral.to(device, non_blocking=True),
                            strong_spatial.to(device, non_blocking=True),
                            strong_active.to(device, non_blocking=True), targets, weights)
+
+
+def balance_factors(targets: Tensor, confident: Tensor, classes: int, size: int,
+                    global_sum: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """Per-patch weight factors that cap each class's confident patches at size / classes:
+    min(1, (size / classes) / confident patches of the patch's class), counted over the global
+    batch (``global_sum``: the sum over data-parallel ranks)."""
+    counts = torch.bincount(targets[confident], minlength=classes).double()
+    if global_sum is not None:
+        counts = global_sum(counts)
+    factors = (size / classes / counts.clamp_min(1.0)).clamp(max=1.0).float()
+    return factors[targets]
 
 
 def unlabelled_loss(logits: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
@@ -138,5 +160,5 @@ def combined_loss(logits: Tensor, targets: Tensor, weights: Tensor, labelled: in
     return part + rest, part.detach()
 
 
-__all__ = ["UnlabelledBatch", "combined_loss", "ramped_weight", "unlabelled_batch",
-           "unlabelled_loss", "weak_predictions"]
+__all__ = ["UnlabelledBatch", "balance_factors", "combined_loss", "ramped_weight",
+           "unlabelled_batch", "unlabelled_loss", "weak_predictions"]

@@ -95,7 +95,9 @@ def distributed_epoch(
             extra = unlabelled_batch(module, unlabelled, g, settings, generator,
                                      schedule.first_step + i, schedule.total_steps,
                                      BatchWorkers(1, torch.get_num_threads()), device,
-                                     share=rank_share(torch.arange(g), rank, world))
+                                     share=rank_share(torch.arange(g), rank, world),
+                                     global_sum=lambda t: torch.from_numpy(
+                                         dist.all_reduce_sum(t.cpu().numpy())).to(t))
             if len(extra) == 0:
                 extra = None
         n = int(target.shape[0])

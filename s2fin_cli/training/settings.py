@@ -79,6 +79,9 @@ class TrainSettings:
     consistency: float = 0.0
     consistency_threshold: float = 0.8
     consistency_ramp: float = 0.5
+    # Cap each class's unlabelled weight at its share of a class-balanced batch (1 / classes of
+    # the drawn patches): a class that covers most of the scene cannot swamp the others.
+    consistency_balance: bool = False
     strong_gain: float = 0.3
     strong_noise: float = 0.15
 

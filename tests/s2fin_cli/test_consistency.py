@@ -19,6 +19,7 @@ from s2fin_cli.model_file import load_model_file
 from s2fin_cli.training import TrainingStopped, TrainSettings, checkpoint_path_for, run_training
 from s2fin_cli.training.consistency import (
     UnlabelledBatch,
+    balance_factors,
     combined_loss,
     ramped_weight,
     unlabelled_batch,
@@ -185,3 +186,13 @@ def test_a_run_with_consistency_is_deterministic_and_resumes_exactly(
     assert np.isfinite([h["train_loss"] for h in full.history]).all()
     assert sum(h["unlabelled_confident"] for h in full.history) > 0
     assert "unlabelled_confident" not in plain.history[0]
+
+
+def test_balance_caps_each_class_at_its_share_of_the_batch() -> None:
+    targets = torch.tensor([0, 0, 0, 0, 0, 0, 1, 2])
+    confident = torch.tensor([True] * 6 + [True, False])
+    factors = balance_factors(targets, confident, 4, 8)
+    # 6 confident patches of class 0 against a share of 8 / 4 = 2: each counts 1/3
+    assert torch.allclose(factors, torch.tensor([1 / 3] * 6 + [1.0, 1.0]))
+    doubled = balance_factors(targets, confident, 4, 8, global_sum=lambda t: 2 * t)
+    assert torch.allclose(doubled[:6], torch.full((6,), 1 / 6))
