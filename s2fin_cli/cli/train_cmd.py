@@ -132,7 +132,7 @@ def train(
                             "scene's unlabelled pixels (0 = off): every step also teaches "
                             "strongly augmented unlabelled patches the class the network "
                             "confidently gives a lightly augmented view (about twice the "
-                            "training time).")
+                            "training time of --consistency 0).")
     ] = _D.consistency,
     consistency_threshold: Annotated[
         float, typer.Option("--consistency-threshold", help="The probability the network must "
