@@ -21,7 +21,9 @@ bands + 2 LiDAR bands, 11 classes) with a model made by `s2fin train --epochs 1`
   patches, in train mode, with the CLI's threads, the batch split over the CLI's batch workers:
   the network's training speed without data loading and augmentation (`s2fin train --json`
   reports no per-epoch time); beside it, the whole batch on all threads (how training ran
-  before the split), measured in the same run.
+  before the split), measured in the same run; and the step `s2fin train` runs by default,
+  with consistency training's unlabelled batch (as many unlabelled patches as labels: a
+  forward of their weak views, then forward and backward of the doubled batch).
 
     python3 bench/bench_speed.py                          # CPU, 96 x 96 scene
     python3 bench/bench_speed.py --device cuda --size 512 --json out.json
@@ -76,7 +78,9 @@ from models import S2Fin  # noqa: E402
 from s2fin_cli.inference import DEFAULT_BATCH_SIZE, DEFAULT_CPU_BATCH_SIZE  # noqa: E402
 from s2fin_cli.model_file import load_model_file  # noqa: E402
 from s2fin_cli.training import TrainSettings  # noqa: E402
+from s2fin_cli.training.consistency import unlabelled_batch  # noqa: E402
 from s2fin_cli.training.steps import dropout_seeds, training_step  # noqa: E402
+from s2fin_cli.training_data import PatchSet  # noqa: E402
 
 NETWORKS: dict[str, list[str]] = {
     "default": [],  # the CLI's defaults: --dim 32 --depth 1
@@ -129,12 +133,18 @@ def forward_rate(model: Any, inputs: tuple[torch.Tensor, ...], device: torch.dev
 
 
 def train_rate(model: S2Fin, device: torch.device, repeats: int,
-               workers: BatchWorkers) -> float:
+               workers: BatchWorkers, *, consistency: bool = False) -> float:
     """Steps/s of the CLI's training step (:func:`s2fin_cli.training.steps.training_step`)
     without data loading: forward, label-smoothed cross-entropy, backward, gradient clipping,
-    AdamW, with TrainSettings' defaults (batch 32), the batch split over ``workers``."""
+    AdamW, with TrainSettings' defaults (batch 32), the batch split over ``workers``; with
+    ``consistency`` also the default consistency training's unlabelled batch (weak views
+    classified, strong views trained, at full weight), i.e. the step `s2fin train` runs."""
     settings = TrainSettings()
     batch = settings.batch_size
+    pool = None
+    if consistency:
+        views = random_inputs(model, 256, torch.device("cpu"), seed=2)
+        pool = PatchSet(*views, torch.zeros(256, dtype=torch.int64))
     model = model.train()
     parameters = list(model.parameters())
     optimiser = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -142,9 +152,15 @@ def train_rate(model: S2Fin, device: torch.device, repeats: int,
     spectral, spatial, active = random_inputs(model, batch, device, seed=1)
     labels = torch.randint(0, model.config.num_classes, (batch,), device=device)
 
+    generator = torch.Generator().manual_seed(0)
+
     def step() -> None:
+        extra = None
+        if pool is not None:
+            extra = unlabelled_batch(model, pool, batch, settings, generator, 1, 1, workers,
+                                     device)
         training_step(model, spectral, spatial, active, labels, settings, optimiser, scaler,
-                      parameters, workers, dropout_seeds(settings.seed, 0, 0))
+                      parameters, workers, dropout_seeds(settings.seed, 0, 0), extra)
 
     return 1.0 / median_seconds(step, device, repeats, warmup=2)
 
@@ -204,13 +220,18 @@ def measure_network(name: str, scene: Path, work: Path, device: torch.device,
                                           workers)
         row["train_one_batch_steps_s"] = train_rate(bundle.build_model(device), device,
                                                     args.repeats, one_batch)
+        # What `s2fin train` runs by default: the step with consistency training's unlabelled
+        # batch (the two above leave it out, comparable with the runs before it).
+        row["train_consistency_steps_s"] = train_rate(bundle.build_model(device), device,
+                                                      args.repeats, workers, consistency=True)
     return row
 
 
 RATE_KEYS = (("predict_px_s", "predict px/s"), ("forward_px_s", "forward px/s"),
              ("forward_one_batch_px_s", "one batch px/s"),
              ("train_steps_s", "train step/s"),
-             ("train_one_batch_steps_s", "one-batch train step/s"))
+             ("train_one_batch_steps_s", "one-batch train step/s"),
+             ("train_consistency_steps_s", "train step/s with consistency"))
 
 
 def system_malloc_run(argv: list[str]) -> dict[str, Any]:
@@ -314,6 +335,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"{'':<8} training step, whole batch on all threads: "
                   f"{r['train_one_batch_steps_s']:.2f} step/s; split over the batch workers "
                   f"{r['train_steps_s'] / r['train_one_batch_steps_s']:.2f}x that")
+        if "train_consistency_steps_s" in r:
+            print(f"{'':<8} the default step with consistency training's unlabelled batch "
+                  f"(what s2fin train runs): {r['train_consistency_steps_s']:.2f} step/s")
         if "compiled_forward_px_s" in r:
             print(f"{'':<8} compiled forward {r['compiled_forward_px_s']:.1f} px/s "
                   f"({r['compiled_forward_util']:.1%}), compile {r['compile_seconds']:.1f} s")

@@ -25,6 +25,7 @@ def test_speed_bench_reports_predict_forward_and_training(tmp_path: Path) -> Non
     row = result["networks"][0]
     assert row["network"] == "default" and row["predict_pixels"] == 48 * 48
     assert row["predict_px_s"] > 0 and row["forward_px_s"] > 0 and row["train_steps_s"] > 0
+    assert 0 < row["train_consistency_steps_s"] < 1.1 * row["train_steps_s"]
     assert row["forward_one_batch_px_s"] > 0 and row["batch_workers"] == "1 x 1 thread(s)"
     assert 5 < row["mflop_per_px"] < 50  # ~16.8 for 64 bands
     assert 0 < row["predict_util"] < 1 and result["peak_flops"] > 0
