@@ -117,7 +117,12 @@ def unlabelled_batch(model: nn.Module, pool: PatchSet, size: int, settings: Trai
     if draws is not None:
         strong_spectral, strong_spatial = draws.apply(strong_spectral, strong_spatial)
     weak_spectral, weak_spatial, weak_active = (t.to(device, non_blocking=True) for t in weak)
-    probabilities = weak_predictions(model, (weak_spectral, weak_spatial, weak_active), workers)
+    if int(index.numel()) == 0:  # a data-parallel rank's empty share: nothing to classify
+        classes: int = model.config.num_classes  # type: ignore[union-attr, assignment]
+        probabilities = torch.zeros((0, classes), device=device)
+    else:
+        probabilities = weak_predictions(model, (weak_spectral, weak_spatial, weak_active),
+                                         workers)
     confidence, targets = probabilities.max(1)
     weight = ramped_weight(settings, step, total_steps) / size
     confident = confidence >= settings.consistency_threshold

@@ -196,3 +196,20 @@ def test_balance_caps_each_class_at_its_share_of_the_batch() -> None:
     assert torch.allclose(factors, torch.tensor([1 / 3] * 6 + [1.0, 1.0]))
     doubled = balance_factors(targets, confident, 4, 8, global_sum=lambda t: 2 * t)
     assert torch.allclose(doubled[:6], torch.full((6,), 1 / 6))
+
+
+def test_an_empty_data_parallel_share_classifies_nothing_but_joins_the_counts() -> None:
+    torch.manual_seed(0)
+    model = S2Fin(tiny_config())
+    settings = TrainSettings(consistency=1.0, consistency_balance=True)
+    summed: list[torch.Tensor] = []
+
+    def global_sum(t: torch.Tensor) -> torch.Tensor:
+        summed.append(t)
+        return t
+
+    batch = unlabelled_batch(model, _pool(model), 2, settings, torch.Generator().manual_seed(0),
+                             1, 2, BatchWorkers(1, 1), torch.device("cpu"),
+                             share=rank_share(torch.arange(2), 2, 4), global_sum=global_sum)
+    assert len(batch) == 0 and batch.weights.shape == (0,)
+    assert len(summed) == 1 and summed[0].shape == (model.config.num_classes,)
