@@ -136,8 +136,15 @@ def train(
     ] = _D.consistency,
     consistency_threshold: Annotated[
         float, typer.Option("--consistency-threshold", help="The probability the network must "
-                            "give an unlabelled patch's class for it to train (0..1).")
+                            "give an unlabelled patch's class for it to train (0..1); with "
+                            "class thresholds, that of the class it gives most often.")
     ] = _D.consistency_threshold,
+    class_thresholds: Annotated[
+        bool, typer.Option("--class-thresholds/--one-threshold", help="Consistency training: "
+                           "lower the threshold of the classes the network gives unlabelled "
+                           "pixels less often with confidence (FlexMatch), or one threshold "
+                           "for every class.")
+    ] = _D.consistency_adaptive,
     seed: Seed = _D.seed,
     device: Device = "auto",
     threads: Threads = None,
@@ -213,7 +220,7 @@ def train(
         _D, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         warmup_epochs=warmup_epochs, patience=patience, seed=seed, augment=not no_augment,
         min_steps=min_steps, ema=ema, consistency=consistency,
-        consistency_threshold=consistency_threshold,
+        consistency_threshold=consistency_threshold, consistency_adaptive=class_thresholds,
         self_training=(_D.self_training or TrainSettings.SEMI_RATIO) if semi else 0.0)
     optical_norm, active_norm = parse_stem_norm(stem_norm)
     request = TrainRequest(

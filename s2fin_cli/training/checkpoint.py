@@ -47,6 +47,8 @@ class LoopState:
     stopped_early: bool = False
     averaged: dict[str, Tensor] = field(default_factory=dict)  # the weight average (--ema)
     average_steps: int = 0
+    # consistency training's learning status of its pool (class-adaptive thresholds)
+    consistency_status: Tensor | None = None
 
     def to_payload(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "model": self.model, "optimizer": self.optimizer,
@@ -55,7 +57,8 @@ class LoopState:
                 "best_score": [float(self.best_score[0]), float(self.best_score[1])],
                 "bad_epochs": self.bad_epochs, "history": self.history,
                 "stopped_early": self.stopped_early, "averaged": self.averaged,
-                "average_steps": self.average_steps}
+                "average_steps": self.average_steps,
+                "consistency_status": self.consistency_status}
 
     @classmethod
     def from_payload(cls, data: dict[str, Any]) -> LoopState:
@@ -66,7 +69,9 @@ class LoopState:
                    int(data["bad_epochs"]), list(data["history"]),
                    bool(data.get("stopped_early", False)),
                    {k: v.clone() for k, v in (data.get("averaged") or {}).items()},
-                   int(data.get("average_steps", 0)))
+                   int(data.get("average_steps", 0)),
+                   status.clone() if isinstance(status := data.get("consistency_status"), Tensor)
+                   else None)
 
 
 @dataclass

@@ -8,9 +8,14 @@ its labelled batch holds and, FixMatch-style (Sohn et al., 2020):
 
 - a *weak* view of each (a random flip/rotation) is classified by the network in eval mode,
   without gradient;
-- where that prediction is confident (probability >= ``consistency_threshold``), its class is
-  the target of a *strong* view of the same patch (another flip/rotation, a per-sample gain of
-  ±``strong_gain`` and noise of std ``strong_noise`` on the optical inputs) in the same step;
+- where that prediction is confident (probability >= its class's threshold, below), its class
+  is the target of a *strong* view of the same patch (another flip/rotation, a per-sample gain
+  of ±``strong_gain`` and noise of std ``strong_noise`` on the optical inputs) in the same step;
+- with ``consistency_adaptive`` (FlexMatch's class-adaptive thresholds, Zhang et al., 2021) a
+  class's threshold is ``consistency_threshold`` scaled by how much of the pool the network
+  already gives that class with confidence (:func:`class_thresholds`), so the classes it has
+  not learnt yet are not left without targets while one dominant class takes them all; without
+  it every class's threshold is ``consistency_threshold``;
 - the unlabelled loss, a mean over the drawn patches, is added to the labelled one with the
   weight ``consistency``, ramped up linearly over the first ``consistency_ramp`` of the steps
   (the early network's guesses are poor);
@@ -36,6 +41,59 @@ from s2fin_cli.acceleration import BatchWorkers, map_in_batch_workers
 from s2fin_cli.device import autocast
 from s2fin_cli.training.settings import TrainSettings
 from s2fin_cli.training_data import PatchSet, augment, augment_choices, radiometric_draws
+
+
+@dataclass
+class ConsistencyPool:
+    """The unlabelled patches consistency training draws from and, with class-adaptive
+    thresholds, the network's learning status on them: ``status`` holds for every patch the
+    class of its last weak prediction at or above ``consistency_threshold`` (-1: none yet), or
+    is None (one fixed threshold). The status changes as training draws; a checkpoint keeps it
+    so a resumed run replays the same thresholds."""
+
+    patches: PatchSet
+    status: Tensor | None = None
+
+    @classmethod
+    def start(cls, patches: PatchSet, settings: TrainSettings) -> ConsistencyPool:
+        """A pool before the first step (no patch has a confident class yet)."""
+        status = (torch.full((len(patches),), -1, dtype=torch.int64)
+                  if settings.consistency_adaptive else None)
+        return cls(patches, status)
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+
+def class_thresholds(status: Tensor, classes: int, threshold: float) -> Tensor:
+    """FlexMatch's per-class thresholds (float32, one per class) from a pool's learning
+    status: ``threshold`` x beta / (2 - beta), beta = the pool patches whose last confident
+    class is c over max(the most of any class, the patches with none yet). Early on, when most
+    patches have none, every threshold is low (the ramped weight keeps those targets' weight
+    small); later the class the network gives most often keeps ``threshold`` and each other
+    class's falls with its count. All zeros before any patch has a confident class."""
+    counts = torch.bincount(status + 1, minlength=classes + 1).double()
+    per_class, unseen = counts[1:], float(counts[0])
+    if unseen >= len(status):
+        return torch.zeros(classes)
+    beta = per_class / max(float(per_class.max()), unseen)
+    return (threshold * beta / (2.0 - beta)).float()
+
+
+def record_status(status: Tensor, index: Tensor, sure_targets: Tensor, positions: Tensor,
+                  size: int, global_sum: Callable[[Tensor], Tensor] | None = None) -> None:
+    """Write one step's confident classes into the pool's ``status`` (in place).
+
+    ``index``: the global batch's ``size`` pool positions; ``sure_targets``: this rank's
+    classes at or above the threshold, -1 where below, for the global batch's ``positions``.
+    Every rank fills its positions and ``global_sum`` adds the ranks' parts, so all ranks
+    write the same status."""
+    update = torch.zeros(size, dtype=torch.float64)
+    update[positions] = (sure_targets.cpu() + 1).double()
+    if global_sum is not None:
+        update = global_sum(update)
+    sure = update > 0
+    status[index[sure]] = update[sure].long() - 1
 
 
 @dataclass(frozen=True)
@@ -86,7 +144,8 @@ def weak_predictions(model: nn.Module, views: tuple[Tensor, Tensor, Tensor],
         model.train(was_training)
 
 
-def unlabelled_batch(model: nn.Module, pool: PatchSet, size: int, settings: TrainSettings,
+def unlabelled_batch(model: nn.Module, pool: ConsistencyPool, size: int,
+                     settings: TrainSettings,
                      generator: torch.Generator, step: int, total_steps: int,
                      workers: BatchWorkers, device: torch.device, *,
                      share: Tensor | None = None,
@@ -97,20 +156,22 @@ def unlabelled_batch(model: nn.Module, pool: PatchSet, size: int, settings: Trai
     Data parallel: every rank draws the same ``size`` patches and transforms (the global batch)
     and classifies and returns its ``share`` (positions in it); the weights are per global
     batch, as the labelled loss's are, and ``global_sum`` adds a tensor over the ranks (the
-    class counts of ``consistency_balance``).
+    class counts of ``consistency_balance``, the pool's learning status).
     """
+    patches = pool.patches
     index = torch.randint(0, len(pool), (size,), generator=generator)
+    global_index = index
     weak_choice = augment_choices(size, generator)
     strong_choice = augment_choices(size, generator)
     draws = None
     if settings.strong_gain > 0 or settings.strong_noise > 0:
-        draws = radiometric_draws(size, tuple(pool.spectral.shape[1:]),
-                                  tuple(pool.spatial.shape[1:]), generator,
+        draws = radiometric_draws(size, tuple(patches.spectral.shape[1:]),
+                                  tuple(patches.spatial.shape[1:]), generator,
                                   settings.strong_gain, settings.strong_noise)
     if share is not None:
         index, weak_choice, strong_choice = index[share], weak_choice[share], strong_choice[share]
         draws = None if draws is None else draws.subset(share)
-    spectral, spatial, active, _ = pool.batch(index)
+    spectral, spatial, active, _ = patches.batch(index)
     weak = augment(spectral, spatial, active, generator, choice=weak_choice)
     strong_spectral, strong_spatial, strong_active = augment(spectral, spatial, active,
                                                              generator, choice=strong_choice)
@@ -125,7 +186,14 @@ def unlabelled_batch(model: nn.Module, pool: PatchSet, size: int, settings: Trai
                                          workers)
     confidence, targets = probabilities.max(1)
     weight = ramped_weight(settings, step, total_steps) / size
-    confident = confidence >= settings.consistency_threshold
+    threshold = settings.consistency_threshold
+    confident = confidence >= threshold
+    if pool.status is not None:
+        # thresholds from the status before this step, as FlexMatch does; then the update
+        cuts = class_thresholds(pool.status, probabilities.shape[1], threshold)
+        record_status(pool.status, global_index, torch.where(confident, targets, -1),
+                      share if share is not None else torch.arange(size), size, global_sum)
+        confident = confidence >= cuts.to(confidence.device)[targets]
     weights = confident.float() * weight
     if settings.consistency_balance:
         weights = weights * balance_factors(targets, confident, probabilities.shape[1], size,
@@ -165,5 +233,6 @@ def combined_loss(logits: Tensor, targets: Tensor, weights: Tensor, labelled: in
     return part + rest, part.detach()
 
 
-__all__ = ["UnlabelledBatch", "balance_factors", "combined_loss", "ramped_weight",
-           "unlabelled_batch", "unlabelled_loss", "weak_predictions"]
+__all__ = ["ConsistencyPool", "UnlabelledBatch", "balance_factors", "class_thresholds",
+           "combined_loss", "ramped_weight", "record_status", "unlabelled_batch",
+           "unlabelled_loss", "weak_predictions"]

@@ -27,7 +27,7 @@ from s2fin_cli.device import autocast
 from s2fin_cli.distributed import DEBUG_DIGEST_ENV, DistContext
 from s2fin_cli.errors import ConfigError
 from s2fin_cli.hashing import state_digest
-from s2fin_cli.training.consistency import unlabelled_batch, unlabelled_loss
+from s2fin_cli.training.consistency import ConsistencyPool, unlabelled_batch, unlabelled_loss
 from s2fin_cli.training.settings import TrainSettings
 from s2fin_cli.training.steps import (
     EpochStats,
@@ -60,7 +60,7 @@ def distributed_epoch(
     generator: torch.Generator, optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler, schedule: Schedule, dist: DistContext,
     after_step: Callable[[], None] | None = None,
-    unlabelled: PatchSet | None = None,
+    unlabelled: ConsistencyPool | None = None,
 ) -> EpochStats:
     """One epoch on this rank's share; the returned sums are over all ranks.
 

@@ -32,6 +32,7 @@ from s2fin_cli.acceleration import batch_workers
 from s2fin_cli.distributed import LOCAL, DistContext, RunContext
 from s2fin_cli.errors import LabelError
 from s2fin_cli.training.checkpoint import Checkpoint, LoopState, save_checkpoint
+from s2fin_cli.training.consistency import ConsistencyPool
 from s2fin_cli.training.ddp import (
     check_ranks_in_sync,
     distributed_epoch,
@@ -153,8 +154,8 @@ _ValidateFn = Callable[[PatchSet], tuple[float, float]]
 def _epoch_functions(model: nn.Module, train: PatchSet, settings: TrainSettings,
                      device: torch.device, optimizer: torch.optim.Optimizer,
                      scaler: torch.amp.GradScaler, ctx: RunContext,
-                     after_step: Callable[[], None] | None, unlabelled: PatchSet | None
-                     ) -> tuple[_EpochFn, _ValidateFn]:
+                     after_step: Callable[[], None] | None,
+                     unlabelled: ConsistencyPool | None) -> tuple[_EpochFn, _ValidateFn]:
     if isinstance(ctx, DistContext):
         net = wrap_ddp(model, device)  # after loading the weights: DDP starts from rank 0's
 
@@ -205,7 +206,8 @@ def fit(
     ``settings.batch_size`` is per rank).
 
     ``unlabelled``: the pool of unlabelled patches that consistency training draws from
-    (``settings.consistency`` > 0; :mod:`s2fin_cli.training.consistency`).
+    (``settings.consistency`` > 0; :mod:`s2fin_cli.training.consistency`); its learning status
+    (class-adaptive thresholds) starts afresh with every fit and is part of the checkpoint.
     """
     settings.validate()
     if len(train) == 0:
@@ -231,6 +233,10 @@ def fit(
         start_epoch, history = resume.epoch, list(resume.history)
         stopping = EarlyStopping(settings.patience, resume.best_state, resume.best_score,
                                  resume.best_epoch, resume.bad_epochs, resume.stopped_early)
+    pool = ConsistencyPool.start(unlabelled, settings) if unlabelled is not None else None
+    if pool is not None and pool.status is not None and resume is not None \
+            and resume.consistency_status is not None:
+        pool.status.copy_(resume.consistency_status)
     averager = None
     if settings.ema > 0:
         averager = (WeightAverage(model, settings.ema, resume.averaged, resume.average_steps)
@@ -238,7 +244,7 @@ def fit(
                     WeightAverage(model, settings.ema))
     run_epoch, validate = _epoch_functions(model, train, settings, device, optimizer, scaler,
                                            ctx, averager.update if averager else None,
-                                           unlabelled)
+                                           pool)
     # The weights validated, selected and written: the average when there is one.
     selected = averager.swapped_in if averager is not None else contextlib.nullcontext
 
@@ -272,7 +278,9 @@ def fit(
                     scaler.state_dict() if use_scaler else {}, stopping.best_state,
                     stopping.best_epoch, stopping.best_score, stopping.bad_epochs, history,
                     stopping.stopped, averager.copy() if averager else {},
-                    averager.steps if averager else 0)
+                    averager.steps if averager else 0,
+                    pool.status.clone() if pool is not None and pool.status is not None
+                    else None)
                 save_checkpoint(checkpoint_path, checkpoint)
             fields = {"loss": record["train_loss"], "acc": record["train_accuracy"]}
             if "val_accuracy" in record:

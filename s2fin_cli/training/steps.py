@@ -22,7 +22,12 @@ from s2fin_cli.acceleration import BatchWorkers, map_in_batch_workers
 from s2fin_cli.device import autocast
 from s2fin_cli.errors import ConfigError
 from s2fin_cli.hashing import derived_seed
-from s2fin_cli.training.consistency import UnlabelledBatch, combined_loss, unlabelled_batch
+from s2fin_cli.training.consistency import (
+    ConsistencyPool,
+    UnlabelledBatch,
+    combined_loss,
+    unlabelled_batch,
+)
 from s2fin_cli.training.settings import TrainSettings
 from s2fin_cli.training_data import (
     PatchSet,
@@ -300,7 +305,7 @@ def train_epoch(
     scaler: torch.amp.GradScaler, schedule: Schedule,
     after_step: Callable[[], None] | None = None,
     workers: BatchWorkers | None = None,
-    unlabelled: PatchSet | None = None,
+    unlabelled: ConsistencyPool | None = None,
 ) -> EpochStats:
     """One single-process epoch over ``train`` in batches drawn from ``generator``
     (``after_step`` runs after every optimiser step, e.g. a weight average's update;

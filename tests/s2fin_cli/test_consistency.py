@@ -16,16 +16,26 @@ from models import S2Fin
 from s2fin_cli.acceleration import BatchWorkers
 from s2fin_cli.errors import ConfigError
 from s2fin_cli.model_file import load_model_file
-from s2fin_cli.training import TrainingStopped, TrainSettings, checkpoint_path_for, run_training
+from s2fin_cli.training import (
+    TrainingStopped,
+    TrainSettings,
+    checkpoint_path_for,
+    loop,
+    run_training,
+)
+from s2fin_cli.training.checkpoint import load_checkpoint
 from s2fin_cli.training.consistency import (
+    ConsistencyPool,
     UnlabelledBatch,
     balance_factors,
+    class_thresholds,
     combined_loss,
     ramped_weight,
+    record_status,
     unlabelled_batch,
     unlabelled_loss,
 )
-from s2fin_cli.training.steps import dropout_seeds, training_step
+from s2fin_cli.training.steps import dropout_seeds, train_epoch, training_step
 from s2fin_cli.training_data import PatchSet, augment, augment_choices, rank_share
 from tests.helpers import make_training_data, tiny_config, tiny_request, torch_threads
 
@@ -35,7 +45,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return make_training_data(tmp_path_factory.mktemp("consistency"))
 
 
-def _pool(model: S2Fin, n: int = 24, seed: int = 0) -> PatchSet:
+def _patches(model: S2Fin, n: int = 24, seed: int = 0) -> PatchSet:
     cfg = model.config
     g = torch.Generator().manual_seed(seed)
     p, s = cfg.patch_size, cfg.spectral_window
@@ -43,6 +53,11 @@ def _pool(model: S2Fin, n: int = 24, seed: int = 0) -> PatchSet:
                     torch.randn(n, cfg.reduced_bands, p, p, generator=g),
                     torch.randn(n, cfg.active_bands, p, p, generator=g),
                     torch.zeros(n, dtype=torch.int64))
+
+
+def _pool(model: S2Fin, n: int = 24, seed: int = 0) -> ConsistencyPool:
+    """A pool with one fixed threshold (no learning status)."""
+    return ConsistencyPool(_patches(model, n, seed))
 
 
 def test_the_weight_ramps_up_linearly_then_holds() -> None:
@@ -73,7 +88,7 @@ def test_targets_are_the_eval_classes_of_the_weak_views() -> None:
     g = torch.Generator().manual_seed(7)
     index = torch.randint(0, len(pool), (10,), generator=g)
     weak_choice, strong_choice = augment_choices(10, g), augment_choices(10, g)
-    views = pool.batch(index)[:3]
+    views = pool.patches.batch(index)[:3]
     weak = augment(*views, torch.Generator(), choice=weak_choice)
     model.eval()
     with torch.no_grad():
@@ -95,6 +110,65 @@ def test_unsure_predictions_do_not_train() -> None:
     batch = unlabelled_batch(model, _pool(model), 8, settings, torch.Generator().manual_seed(1),
                              0, 10, BatchWorkers(1, 1), torch.device("cpu"))
     assert batch.confident == 0 and float(batch.weights.sum()) == 0.0
+
+
+def test_class_thresholds_follow_the_learning_status() -> None:
+    # 4 patches last confidently class 0, 2 class 1, none class 2, 2 none yet
+    status = torch.tensor([0, 0, 0, 0, 1, 1, -1, -1])
+    cuts = class_thresholds(status, 3, 0.8)
+    # beta = counts / max(4, 2) = 1, 0.5, 0; threshold x beta / (2 - beta)
+    assert torch.allclose(cuts, torch.tensor([0.8, 0.8 * 0.5 / 1.5, 0.0]))
+    # most patches without a confident class yet: every threshold is low (warm-up)
+    early = class_thresholds(torch.tensor([0, 0, -1, -1, -1, -1]), 3, 0.8)
+    assert torch.allclose(early, torch.tensor([0.8 * (1 / 2) / (3 / 2), 0.0, 0.0]))
+    assert torch.equal(class_thresholds(torch.full((5,), -1), 3, 0.8), torch.zeros(3))
+
+
+def test_the_status_keeps_each_patchs_last_confident_class_over_ranks() -> None:
+    index = torch.tensor([3, 0, 5, 1])  # a global batch of 4 pool positions
+    sure = torch.tensor([2, -1, 1, 0])  # the classes at or above the threshold; -1: below
+    status = torch.tensor([1, -1, -1, -1, -1, -1])
+    record_status(status, index, sure, torch.arange(4), 4)
+    # position 0 was unsure this time: its earlier class stays
+    assert status.tolist() == [1, 0, -1, 2, -1, 1]
+    # two ranks, each with its share of the batch: the summed parts give both the same status
+    shares = [rank_share(torch.arange(4), rank, 2) for rank in range(2)]
+    parts: list[torch.Tensor] = []
+    for share in shares:
+        record_status(torch.full((6,), -1), index, sure[share], share, 4,
+                      global_sum=lambda t: parts.append(t) or t)
+    assert all(int((part != 0).sum()) <= len(share) for part, share in zip(parts, shares,
+                                                                            strict=True))
+    for share in shares:
+        ranked = torch.tensor([1, -1, -1, -1, -1, -1])
+        record_status(ranked, index, sure[share], share, 4, global_sum=lambda t: sum(parts))
+        assert torch.equal(ranked, status)
+
+
+def test_adaptive_thresholds_let_the_less_given_classes_train() -> None:
+    torch.manual_seed(0)
+    model = S2Fin(tiny_config())
+    settings = TrainSettings(consistency=1.0, consistency_threshold=0.99, consistency_ramp=0.0,
+                             consistency_adaptive=True)
+
+    def draw(pool: ConsistencyPool) -> UnlabelledBatch:
+        with torch_threads(1):
+            return unlabelled_batch(model, pool, 12, settings, torch.Generator().manual_seed(4),
+                                    0, 10, BatchWorkers(1, 1), torch.device("cpu"))
+
+    fixed = draw(_pool(model))
+    assert fixed.confident == 0  # an untrained network is never 99 % sure
+    fresh = ConsistencyPool.start(_patches(model), settings)
+    assert fresh.status is not None and torch.equal(fresh.status, torch.full((24,), -1))
+    # no learning status yet: every threshold 0, every patch trains (FlexMatch's warm-up)
+    assert draw(fresh).confident == 12
+    assert torch.equal(fresh.status, torch.full((24,), -1))  # nothing reached 0.99
+    # the whole pool last given one class: that class keeps 0.99, the others' thresholds are 0
+    given = int(torch.mode(fixed.targets).values)
+    learnt = ConsistencyPool(_patches(model), torch.full((24,), given))
+    batch = draw(learnt)
+    assert torch.equal(batch.weights > 0, batch.targets != given)
+    assert ConsistencyPool.start(_patches(model), TrainSettings()).status is None  # default
 
 
 def test_data_parallel_shares_make_up_the_global_batch() -> None:
@@ -139,7 +213,7 @@ def _step_with_unlabelled(workers: BatchWorkers) -> tuple[float, torch.Tensor,
     model = S2Fin(tiny_config(dropout=0.0)).train()
     pool = _pool(model, seed=1)
     g = torch.Generator().manual_seed(2)
-    spectral, spatial, active, _ = _pool(model, n=6, seed=2).batch(torch.arange(6))
+    spectral, spatial, active, _ = _patches(model, n=6, seed=2).batch(torch.arange(6))
     target = torch.randint(0, model.config.num_classes, (6,), generator=g)
     settings = TrainSettings(consistency=1.0, consistency_threshold=0.0, consistency_ramp=0.0)
     extra = unlabelled_batch(model, pool, 6, settings, g, 0, 10, workers, torch.device("cpu"))
@@ -162,20 +236,37 @@ def test_a_split_step_with_unlabelled_views_takes_the_whole_batch_step() -> None
 
 
 def test_a_run_with_consistency_is_deterministic_and_resumes_exactly(
-        data: dict[str, Path], tmp_path: Path) -> None:
+        data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the pool's learning status at the start of every epoch, as the loop hands it over
+    statuses: list[torch.Tensor] = []
+
+    def recording_epoch(*args: object, **kwargs: object) -> object:
+        pool = args[-1]
+        if isinstance(pool, ConsistencyPool) and pool.status is not None:
+            statuses.append(pool.status.clone())
+        return train_epoch(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "train_epoch", recording_epoch)
     settings = TrainSettings(epochs=3, batch_size=16, warmup_epochs=1, seed=2, min_steps=0,
-                             consistency=1.0, consistency_threshold=0.3)
+                             consistency=1.0, consistency_threshold=0.3,
+                             consistency_adaptive=True)
     extra = {"settings": settings, "val_fraction": None, "per_class": 8}
     out = tmp_path / "resumed.s2fin"
     with torch_threads(1):
         full = run_training(tiny_request(data, tmp_path / "full.s2fin", **extra))
+        full_statuses, statuses[:] = list(statuses), []
         plain = run_training(tiny_request(
             data, tmp_path / "plain.s2fin", **{**extra, "settings": dataclasses.replace(
                 settings, consistency=0.0)}))
         with pytest.raises(TrainingStopped):
             run_training(tiny_request(data, out, stop_after=2, **extra))
         assert checkpoint_path_for(out).exists()
+        statuses.clear()
         resumed = run_training(tiny_request(data, out, resume=True, **extra))
+    # the resumed third epoch starts from the status the full run had there (the checkpoint's)
+    assert len(full_statuses) == 3 and len(statuses) == 1
+    assert int((full_statuses[2] >= 0).sum()) > 0
+    assert torch.equal(statuses[0], full_statuses[2])
     a, b = load_model_file(full.output).state_dict, load_model_file(resumed.output).state_dict
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert full.bundle.metrics == resumed.bundle.metrics
@@ -186,6 +277,20 @@ def test_a_run_with_consistency_is_deterministic_and_resumes_exactly(
     assert np.isfinite([h["train_loss"] for h in full.history]).all()
     assert sum(h["unlabelled_confident"] for h in full.history) > 0
     assert "unlabelled_confident" not in plain.history[0]
+    assert recorded["consistency_adaptive"] is True
+
+
+def test_the_checkpoint_keeps_the_pools_learning_status(data: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    settings = TrainSettings(epochs=3, batch_size=16, warmup_epochs=1, seed=2, min_steps=0,
+                             consistency=1.0, consistency_threshold=0.3,
+                             consistency_adaptive=True)
+    out = tmp_path / "stopped.s2fin"
+    with torch_threads(1), pytest.raises(TrainingStopped):
+        run_training(tiny_request(data, out, stop_after=1, settings=settings,
+                                  val_fraction=None, per_class=8))
+    status = load_checkpoint(checkpoint_path_for(out))["consistency_status"]
+    assert status.dtype == torch.int64 and int((status >= 0).sum()) > 0
 
 
 def test_balance_caps_each_class_at_its_share_of_the_batch() -> None:
@@ -201,15 +306,18 @@ def test_balance_caps_each_class_at_its_share_of_the_batch() -> None:
 def test_an_empty_data_parallel_share_classifies_nothing_but_joins_the_counts() -> None:
     torch.manual_seed(0)
     model = S2Fin(tiny_config())
-    settings = TrainSettings(consistency=1.0, consistency_balance=True)
+    settings = TrainSettings(consistency=1.0, consistency_balance=True,
+                             consistency_adaptive=True)
     summed: list[torch.Tensor] = []
 
     def global_sum(t: torch.Tensor) -> torch.Tensor:
         summed.append(t)
         return t
 
-    batch = unlabelled_batch(model, _pool(model), 2, settings, torch.Generator().manual_seed(0),
+    pool = ConsistencyPool.start(_patches(model), settings)
+    batch = unlabelled_batch(model, pool, 2, settings, torch.Generator().manual_seed(0),
                              1, 2, BatchWorkers(1, 1), torch.device("cpu"),
                              share=rank_share(torch.arange(2), 2, 4), global_sum=global_sum)
     assert len(batch) == 0 and batch.weights.shape == (0,)
-    assert len(summed) == 1 and summed[0].shape == (model.config.num_classes,)
+    # the pool's learning status (the global batch's 2 positions), then the class counts
+    assert [t.shape for t in summed] == [(2,), (model.config.num_classes,)]

@@ -241,14 +241,15 @@ def _test_logits(bundle: ModelBundle, data: dict[str, Path]) -> torch.Tensor:
 def test_consistency_training_under_two_ranks_matches_one_process(
         data: dict[str, Path], ddp_run: dict[str, Any], tmp_path: Path) -> None:
     """Every rank draws the same global unlabelled batch and trains its share: the same steps
-    as one process (float32 rounding), and not the steps of a run without it."""
+    as one process (float32 rounding), and not the steps of a run without it. With class
+    thresholds, whose learning status every rank must update alike."""
     model = tmp_path / "ddp.s2fin"
     run = _torchrun(_train_args(data, model, "--consistency", "1",
-                                "--consistency-threshold", "0.3"))
+                                "--consistency-threshold", "0.3", "--class-thresholds"))
     assert run.returncode == 0, run.stderr[-4000:]
     settings = TrainSettings(epochs=EPOCHS, batch_size=2 * PER_RANK_BATCH, warmup_epochs=1,
                              patience=5, seed=0, min_steps=0, consistency=1.0,
-                             consistency_threshold=0.3)
+                             consistency_threshold=0.3, consistency_adaptive=True)
     with torch_threads(1):
         single = run_training(tiny_request(data, tmp_path / "one.s2fin", dropout=0.0,
                                            settings=settings))
