@@ -295,5 +295,6 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator, *, shuffl
 def rank_share(batch: Tensor, rank: int, world_size: int) -> Tensor:
     """Positions (in ``batch``) of the samples one rank trains on: every ``world_size``-th one
     from ``rank``, as torch's DistributedSampler deals them. May be empty when the batch holds
-    fewer samples than there are ranks."""
-    return torch.arange(rank, int(batch.numel()), world_size)
+    fewer samples than there are ranks (an epoch's small last batch)."""
+    # torch.arange refuses a start past the end: ranks beyond the batch get nothing
+    return torch.arange(rank, max(rank, int(batch.numel())), world_size)

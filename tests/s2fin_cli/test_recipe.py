@@ -479,6 +479,17 @@ def test_augmented_batch_of_a_rank_share_equals_the_share_of_the_global_batch() 
             torch.testing.assert_close(a, b[share])
 
 
+def test_rank_shares_deal_every_batch_size_over_the_ranks() -> None:
+    from s2fin_cli.training_data import rank_share
+
+    # a last batch can be smaller than the world: the ranks past its end get empty shares
+    for world in (1, 2, 4):
+        for size in range(7):
+            shares = [rank_share(torch.arange(size), rank, world) for rank in range(world)]
+            assert sorted(torch.cat(shares).tolist()) == list(range(size))
+    assert rank_share(torch.arange(2), 3, 4).numel() == 0
+
+
 def test_weight_average_follows_the_model_with_a_ramped_decay() -> None:
     model = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():
