@@ -79,7 +79,7 @@ from models import S2Fin  # noqa: E402
 from s2fin_cli.inference import DEFAULT_BATCH_SIZE, DEFAULT_CPU_BATCH_SIZE  # noqa: E402
 from s2fin_cli.model_file import load_model_file  # noqa: E402
 from s2fin_cli.training import TrainSettings  # noqa: E402
-from s2fin_cli.training.consistency import unlabelled_batch  # noqa: E402
+from s2fin_cli.training.consistency import ConsistencyPool, unlabelled_batch  # noqa: E402
 from s2fin_cli.training.steps import dropout_seeds, training_step  # noqa: E402
 from s2fin_cli.training_data import PatchSet  # noqa: E402
 
@@ -146,7 +146,8 @@ def train_rate(model: S2Fin, device: torch.device, repeats: int,
     if consistency:
         settings = dataclasses.replace(settings, consistency=1.0)
         views = random_inputs(model, 256, torch.device("cpu"), seed=2)
-        pool = PatchSet(*views, torch.zeros(256, dtype=torch.int64))
+        pool = ConsistencyPool.start(PatchSet(*views, torch.zeros(256, dtype=torch.int64)),
+                                     settings)
     model = model.train()
     parameters = list(model.parameters())
     optimiser = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
