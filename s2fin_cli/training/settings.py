@@ -86,9 +86,10 @@ class TrainSettings:
     # Class-adaptive thresholds (--class-thresholds, FlexMatch): each class's threshold is
     # consistency_threshold scaled by how much of the pool the network already gives that
     # class with confidence, so the classes it has not learnt yet still get targets. Off by
-    # default: on eo-learn (4 classes, one covering 76 %) OA and AA rose more than with one
-    # threshold, on urban and agricultural (11 classes each) and the sample scene they fell
-    # (docs/network.md, "Consistency training on unlabelled pixels").
+    # default: on eo-learn (4 classes, one covering 76 %) AA fared better than with one
+    # threshold at every N and OA rose more at N = 5 and 10; on urban and agricultural (11
+    # classes each) and the sample scene both fell (docs/network.md, "Consistency training on
+    # unlabelled pixels").
     consistency_adaptive: bool = False
     # Cap each class's unlabelled weight at its share of a class-balanced batch (1 / classes of
     # the drawn patches): a class that covers most of the scene cannot swamp the others.
