@@ -64,6 +64,10 @@ RECIPE_ELEMENTS: dict[str, tuple[str, dict[str, Any], str | None]] = {
                     "default)", {"min_steps": 200}, None),
     "radiometric": ("no radiometric augmentation", {"gain_jitter": 0.0, "spectral_noise": 0.0},
                     None),
+    "consistency": ("no consistency training on unlabelled pixels", {"consistency": 0.0},
+                    None),
+    "teacher": ("consistency training's weak views classified by the network itself instead "
+                "of its weight average", {"consistency_teacher": 0.0}, None),
 }
 REVERTED = tuple(f"s2fin-without-{name}" for name in RECIPE_ELEMENTS)
 ALL_METHODS = (*BASELINES, S2FIN, *ABLATED, *REVERTED)

@@ -357,7 +357,12 @@ def _recipe_line(changes: dict[str, Any]) -> str:
             + (f", weight average (EMA {st.ema:g})" if st.ema else "")
             + (f", consistency training on {st.CONSISTENCY_POOL} unlabelled pixels (weight "
                f"{st.consistency:g} ramped over the first {st.consistency_ramp:.0%} of the "
-               f"steps, threshold {st.consistency_threshold:g}, strong views gain "
+               f"steps; weak views classified by "
+               + (f"a weight average of the network (decay {st.consistency_teacher:g})"
+                  if st.consistency_teacher else "the network")
+               + f", confident at {st.consistency_threshold:g} of the way from chance to the "
+               f"label-smoothed ceiling (a probability of {st.confidence_cut(11):.2f} with 11 "
+               f"classes, {st.confidence_cut(2):.2f} with 2); strong views gain "
                f"±{st.strong_gain:g} and noise {st.strong_noise:g})" if st.consistency else "")
             + f"; validation: {val}. Its test score is `summary.test`, the `--test-labels` "
             "report of `s2fin train`.")

@@ -49,6 +49,9 @@ class LoopState:
     average_steps: int = 0
     # consistency training's learning status of its pool (class-adaptive thresholds)
     consistency_status: Tensor | None = None
+    # consistency training's teacher: its averaged weights and updates so far
+    teacher: dict[str, Tensor] = field(default_factory=dict)
+    teacher_steps: int = 0
 
     def to_payload(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "model": self.model, "optimizer": self.optimizer,
@@ -58,7 +61,8 @@ class LoopState:
                 "bad_epochs": self.bad_epochs, "history": self.history,
                 "stopped_early": self.stopped_early, "averaged": self.averaged,
                 "average_steps": self.average_steps,
-                "consistency_status": self.consistency_status}
+                "consistency_status": self.consistency_status, "teacher": self.teacher,
+                "teacher_steps": self.teacher_steps}
 
     @classmethod
     def from_payload(cls, data: dict[str, Any]) -> LoopState:
@@ -71,7 +75,9 @@ class LoopState:
                    {k: v.clone() for k, v in (data.get("averaged") or {}).items()},
                    int(data.get("average_steps", 0)),
                    status.clone() if isinstance(status := data.get("consistency_status"), Tensor)
-                   else None)
+                   else None,
+                   {k: v.clone() for k, v in (data.get("teacher") or {}).items()},
+                   int(data.get("teacher_steps", 0)))
 
 
 @dataclass

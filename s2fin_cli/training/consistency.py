@@ -6,16 +6,23 @@ unlabelled_pool`: valid centres, not labelled, no patch overlapping a validation
 once, as the training patches are. Every optimiser step then also draws as many pool patches as
 its labelled batch holds and, FixMatch-style (Sohn et al., 2020):
 
-- a *weak* view of each (a random flip/rotation) is classified by the network in eval mode,
-  without gradient;
+- a *weak* view of each (a random flip/rotation) is classified in eval mode, without
+  gradient, by the *teacher*: an exponential moving average of the network's weights (decay
+  ``consistency_teacher``, updated after every optimiser step; Mean Teacher, Tarvainen and
+  Valpola, 2017), or with ``consistency_teacher`` 0 the network itself. The average changes
+  less from step to step than the network does, so one step's mistakes are less often taught
+  back as targets (measured: docs/network.md, "Consistency training on unlabelled pixels");
 - where that prediction is confident (probability >= its class's threshold, below), its class
   is the target of a *strong* view of the same patch (another flip/rotation, a per-sample gain
   of ±``strong_gain`` and noise of std ``strong_noise`` on the optical inputs) in the same step;
 - with ``consistency_adaptive`` (FlexMatch's class-adaptive thresholds, Zhang et al., 2021) a
-  class's threshold is ``consistency_threshold`` scaled by how much of the pool the network
-  already gives that class with confidence (:func:`class_thresholds`), so the classes it has
-  not learnt yet are not left without targets while one dominant class takes them all; without
-  it every class's threshold is ``consistency_threshold``;
+  class's threshold is the confidence cut scaled by how much of the pool the network already
+  gives that class with confidence (:func:`class_thresholds`), so the classes it has not
+  learnt yet are not left without targets while one dominant class takes them all; without it
+  every class's threshold is the confidence cut, ``consistency_threshold`` of the way from
+  chance to the most a label-smoothed network predicts
+  (:meth:`~s2fin_cli.training.settings.TrainSettings.confidence_cut`: 0.80 with 11 classes,
+  0.89 with 2);
 - the unlabelled loss, a mean over the drawn patches, is added to the labelled one with the
   weight ``consistency``, ramped up linearly over the first ``consistency_ramp`` of the steps
   (the early network's guesses are poor);
@@ -30,6 +37,7 @@ replays it. Test labels are never used: the pool is drawn from the whole scene.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,27 +47,58 @@ from torch import Tensor, nn
 
 from s2fin_cli.acceleration import BatchWorkers, map_in_batch_workers
 from s2fin_cli.device import autocast
+from s2fin_cli.training.averaging import WeightAverage
 from s2fin_cli.training.settings import TrainSettings
 from s2fin_cli.training_data import PatchSet, augment, augment_choices, radiometric_draws
 
 
 @dataclass
+class Teacher:
+    """The network that classifies the weak views: a copy of the trained network whose weights
+    are the exponential moving average of its weights after every optimiser step."""
+
+    network: nn.Module
+    average: WeightAverage
+
+    @classmethod
+    def start(cls, model: nn.Module, decay: float, state: dict[str, Tensor] | None = None,
+              steps: int = 0) -> Teacher:
+        """A teacher of ``model`` with its weights (or the checkpoint's ``state`` after
+        ``steps`` updates)."""
+        network = copy.deepcopy(model).eval().requires_grad_(False)
+        if state:
+            network.load_state_dict(state)
+        # the average's tensors are the copy's own weights, updated in place
+        return cls(network, WeightAverage(model, decay, network.state_dict(), steps))
+
+    def update(self) -> None:
+        """After an optimiser step: move the average towards the network's new weights."""
+        self.average.update()
+
+
+@dataclass
 class ConsistencyPool:
-    """The unlabelled patches consistency training draws from and, with class-adaptive
-    thresholds, the network's learning status on them: ``status`` holds for every patch the
-    class of its last weak prediction at or above ``consistency_threshold`` (-1: none yet), or
-    is None (one fixed threshold). The status changes as training draws; a checkpoint keeps it
-    so a resumed run replays the same thresholds."""
+    """The unlabelled patches consistency training draws from, the teacher that classifies
+    their weak views (None: the trained network itself) and, with class-adaptive thresholds,
+    the network's learning status on them: ``status`` holds for every patch the class of its
+    last weak prediction at or above the confidence cut (-1: none yet), or is None (one fixed
+    threshold). The teacher and the status change as training runs; a checkpoint keeps both
+    so a resumed run replays the same targets."""
 
     patches: PatchSet
     status: Tensor | None = None
+    teacher: Teacher | None = None
 
     @classmethod
-    def start(cls, patches: PatchSet, settings: TrainSettings) -> ConsistencyPool:
-        """A pool before the first step (no patch has a confident class yet)."""
+    def start(cls, patches: PatchSet, settings: TrainSettings,
+              model: nn.Module) -> ConsistencyPool:
+        """A pool before the first step (no patch has a confident class yet; the teacher is
+        ``model`` as it is now)."""
         status = (torch.full((len(patches),), -1, dtype=torch.int64)
                   if settings.consistency_adaptive else None)
-        return cls(patches, status)
+        teacher = (Teacher.start(model, settings.consistency_teacher)
+                   if settings.consistency_teacher > 0 else None)
+        return cls(patches, status, teacher)
 
     def __len__(self) -> int:
         return len(self.patches)
@@ -182,11 +221,12 @@ def unlabelled_batch(model: nn.Module, pool: ConsistencyPool, size: int,
         classes: int = model.config.num_classes  # type: ignore[union-attr, assignment]
         probabilities = torch.zeros((0, classes), device=device)
     else:
-        probabilities = weak_predictions(model, (weak_spectral, weak_spatial, weak_active),
-                                         workers)
+        classifier = pool.teacher.network if pool.teacher is not None else model
+        probabilities = weak_predictions(classifier,
+                                         (weak_spectral, weak_spatial, weak_active), workers)
     confidence, targets = probabilities.max(1)
     weight = ramped_weight(settings, step, total_steps) / size
-    threshold = settings.consistency_threshold
+    threshold = settings.confidence_cut(probabilities.shape[1])
     confident = confidence >= threshold
     if pool.status is not None:
         # thresholds from the status before this step, as FlexMatch does; then the update
@@ -233,6 +273,6 @@ def combined_loss(logits: Tensor, targets: Tensor, weights: Tensor, labelled: in
     return part + rest, part.detach()
 
 
-__all__ = ["ConsistencyPool", "UnlabelledBatch", "balance_factors", "class_thresholds",
-           "combined_loss", "ramped_weight", "record_status", "unlabelled_batch",
-           "unlabelled_loss", "weak_predictions"]
+__all__ = ["ConsistencyPool", "Teacher", "UnlabelledBatch", "balance_factors",
+           "class_thresholds", "combined_loss", "ramped_weight", "record_status",
+           "unlabelled_batch", "unlabelled_loss", "weak_predictions"]

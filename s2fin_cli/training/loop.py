@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -31,8 +31,9 @@ from s2fin_cli import console
 from s2fin_cli.acceleration import batch_workers
 from s2fin_cli.distributed import LOCAL, DistContext, RunContext
 from s2fin_cli.errors import LabelError
+from s2fin_cli.training.averaging import WeightAverage, state_copy
 from s2fin_cli.training.checkpoint import Checkpoint, LoopState, save_checkpoint
-from s2fin_cli.training.consistency import ConsistencyPool
+from s2fin_cli.training.consistency import ConsistencyPool, Teacher
 from s2fin_cli.training.ddp import (
     check_ranks_in_sync,
     distributed_epoch,
@@ -68,11 +69,6 @@ class FitResult:
     final_state: dict[str, Tensor] = field(default_factory=dict)
 
 
-def state_copy(model: nn.Module) -> dict[str, Tensor]:
-    """The model's weights, detached, on the CPU."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
 @dataclass
 class EarlyStopping:
     """Keeps the best weights by (validation accuracy, -validation loss); stops after
@@ -100,43 +96,30 @@ class EarlyStopping:
         self.best_epoch, self.best_state = epoch, state_copy(model)
 
 
-class WeightAverage:
-    """An exponential moving average of a model's floating-point weights and buffers.
+def _start_pool(unlabelled: PatchSet, settings: TrainSettings, model: nn.Module,
+                resume: LoopState | None) -> ConsistencyPool:
+    """Consistency training's pool for a fit: as at the first step, or as the checkpoint left
+    it (the learning status, the teacher's weights)."""
+    pool = ConsistencyPool.start(unlabelled, settings, model)
+    if resume is not None:
+        if pool.status is not None and resume.consistency_status is not None:
+            pool.status.copy_(resume.consistency_status)
+        if pool.teacher is not None and resume.teacher:
+            pool.teacher = Teacher.start(model, settings.consistency_teacher, resume.teacher,
+                                         resume.teacher_steps)
+    return pool
 
-    The decay ramps up as min(decay, (1 + t) / (10 + t)) over the steps t so that the first
-    weights do not linger; other tensors (integer buffers) follow the model.
-    """
 
-    def __init__(self, model: nn.Module, decay: float,
-                 state: dict[str, Tensor] | None = None, steps: int = 0) -> None:
-        self.model = model
-        self.decay = decay
-        self.steps = steps
-        self.state = state if state is not None else state_copy(model)
+def _calling_all(functions: list[Callable[[], None]]) -> Callable[[], None] | None:
+    """One function that calls ``functions`` in order (None when there is none)."""
+    if not functions:
+        return None
 
-    @torch.no_grad()
-    def update(self) -> None:
-        self.steps += 1
-        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
-        for name, value in self.model.state_dict().items():
-            avg = self.state[name]
-            if avg.is_floating_point():
-                avg.mul_(d).add_(value.detach().to(avg.device, avg.dtype), alpha=1.0 - d)
-            else:
-                avg.copy_(value.detach())
+    def call() -> None:
+        for function in functions:
+            function()
 
-    def copy(self) -> dict[str, Tensor]:
-        return {k: v.clone() for k, v in self.state.items()}
-
-    @contextlib.contextmanager
-    def swapped_in(self) -> Iterator[None]:
-        """The averaged weights in the model for the duration (the live weights restored)."""
-        live = state_copy(self.model)
-        self.model.load_state_dict(self.state)
-        try:
-            yield
-        finally:
-            self.model.load_state_dict(live)
+    return call
 
 
 def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
@@ -233,18 +216,17 @@ def fit(
         start_epoch, history = resume.epoch, list(resume.history)
         stopping = EarlyStopping(settings.patience, resume.best_state, resume.best_score,
                                  resume.best_epoch, resume.bad_epochs, resume.stopped_early)
-    pool = ConsistencyPool.start(unlabelled, settings) if unlabelled is not None else None
-    if pool is not None and pool.status is not None and resume is not None \
-            and resume.consistency_status is not None:
-        pool.status.copy_(resume.consistency_status)
+    pool = _start_pool(unlabelled, settings, model, resume) if unlabelled is not None else None
     averager = None
     if settings.ema > 0:
         averager = (WeightAverage(model, settings.ema, resume.averaged, resume.average_steps)
                     if resume is not None and resume.averaged else
                     WeightAverage(model, settings.ema))
+    updates = [update for update in (averager.update if averager else None,
+                                     pool.teacher.update if pool and pool.teacher else None)
+               if update is not None]
     run_epoch, validate = _epoch_functions(model, train, settings, device, optimizer, scaler,
-                                           ctx, averager.update if averager else None,
-                                           pool)
+                                           ctx, _calling_all(updates), pool)
     # The weights validated, selected and written: the average when there is one.
     selected = averager.swapped_in if averager is not None else contextlib.nullcontext
 
@@ -280,7 +262,9 @@ def fit(
                     stopping.stopped, averager.copy() if averager else {},
                     averager.steps if averager else 0,
                     pool.status.clone() if pool is not None and pool.status is not None
-                    else None)
+                    else None,
+                    pool.teacher.average.copy() if pool and pool.teacher else {},
+                    pool.teacher.average.steps if pool and pool.teacher else 0)
                 save_checkpoint(checkpoint_path, checkpoint)
             fields = {"loss": record["train_loss"], "acc": record["train_accuracy"]}
             if "val_accuracy" in record:

@@ -26,6 +26,7 @@ from s2fin_cli.training import (
 from s2fin_cli.training.checkpoint import load_checkpoint
 from s2fin_cli.training.consistency import (
     ConsistencyPool,
+    Teacher,
     UnlabelledBatch,
     balance_factors,
     class_thresholds,
@@ -69,9 +70,77 @@ def test_the_weight_ramps_up_linearly_then_holds() -> None:
 
 def test_settings_check_the_consistency_options() -> None:
     for bad in ({"consistency": -1.0}, {"consistency_threshold": 1.5},
-                {"consistency_ramp": 2.0}, {"strong_gain": 1.0}, {"strong_noise": -0.1}):
+                {"consistency_ramp": 2.0}, {"strong_gain": 1.0}, {"strong_noise": -0.1},
+                {"consistency_teacher": 1.0}, {"consistency_teacher": -0.5}):
         with pytest.raises(ConfigError):
             TrainSettings(**bad).validate()  # type: ignore[arg-type]
+
+
+def test_the_confidence_cut_is_a_share_of_the_way_from_chance_to_the_ceiling() -> None:
+    settings = TrainSettings()  # label smoothing 0.1: the ceiling is 0.9 + 0.1 / classes
+    assert settings.confidence_cut(11) == pytest.approx(0.80, abs=1e-4)
+    assert settings.confidence_cut(2) == pytest.approx(0.89, abs=1e-4)
+    for classes in (2, 4, 11):
+        low = dataclasses.replace(settings, consistency_threshold=0.0)
+        high = dataclasses.replace(settings, consistency_threshold=1.0)
+        assert low.confidence_cut(classes) == pytest.approx(1 / classes)
+        assert high.confidence_cut(classes) == pytest.approx(0.9 + 0.1 / classes)
+
+
+def test_the_teacher_is_a_weight_average_updated_after_each_step() -> None:
+    torch.manual_seed(0)
+    model = S2Fin(tiny_config())
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    teacher = Teacher.start(model, 0.99)
+    assert not teacher.network.training
+    assert not any(p.requires_grad for p in teacher.network.parameters())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    teacher.update()  # the first update: decay min(0.99, 2 / 11)
+    d = 2 / 11
+    now = model.state_dict()
+    for name, value in teacher.network.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(value, d * start[name] + (1 - d) * now[name], atol=1e-6)
+    assert teacher.average.steps == 1
+    # a checkpoint's state and step count come back
+    again = Teacher.start(model, 0.99, teacher.average.copy(), teacher.average.steps)
+    assert all(torch.equal(a, b) for a, b in zip(again.network.state_dict().values(),
+                                                  teacher.network.state_dict().values(),
+                                                  strict=True))
+    assert again.average.steps == 1
+    assert ConsistencyPool.start(_patches(model), TrainSettings(consistency_teacher=0.0),
+                                 model).teacher is None
+
+
+def test_the_teacher_not_the_network_classifies_the_weak_views() -> None:
+    torch.manual_seed(0)
+    model = S2Fin(tiny_config()).train()
+    settings = TrainSettings(consistency=1.0, consistency_threshold=0.0)
+    pool = ConsistencyPool.start(_patches(model), settings, model)
+    assert pool.teacher is not None
+    with torch.no_grad():  # the network moves on; the teacher keeps the old weights
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+
+    def targets(classifier: S2Fin) -> torch.Tensor:
+        g = torch.Generator().manual_seed(3)
+        index = torch.randint(0, len(pool), (16,), generator=g)
+        weak = augment(*pool.patches.batch(index)[:3], torch.Generator(),
+                       choice=augment_choices(16, g))
+        classifier.eval()
+        with torch.no_grad():
+            return classifier(*weak).argmax(1)
+
+    with torch_threads(1):
+        batch = unlabelled_batch(model, pool, 16, settings, torch.Generator().manual_seed(3),
+                                 5, 10, BatchWorkers(1, 1), torch.device("cpu"))
+        by_teacher = targets(pool.teacher.network)  # type: ignore[arg-type]
+        by_network = targets(model)
+    model.train()
+    assert torch.equal(batch.targets, by_teacher)
+    assert not torch.equal(by_teacher, by_network)
 
 
 def test_targets_are_the_eval_classes_of_the_weak_views() -> None:
@@ -157,25 +226,25 @@ def test_adaptive_thresholds_let_the_less_given_classes_train() -> None:
                                     0, 10, BatchWorkers(1, 1), torch.device("cpu"))
 
     fixed = draw(_pool(model))
-    assert fixed.confident == 0  # an untrained network is never 99 % sure
-    fresh = ConsistencyPool.start(_patches(model), settings)
+    assert fixed.confident == 0  # an untrained network is never that sure (a cut of ~0.9)
+    fresh = ConsistencyPool.start(_patches(model), settings, model)
     assert fresh.status is not None and torch.equal(fresh.status, torch.full((24,), -1))
     # no learning status yet: every threshold 0, every patch trains (FlexMatch's warm-up)
     assert draw(fresh).confident == 12
-    assert torch.equal(fresh.status, torch.full((24,), -1))  # nothing reached 0.99
-    # the whole pool last given one class: that class keeps 0.99, the others' thresholds are 0
+    assert torch.equal(fresh.status, torch.full((24,), -1))  # nothing reached the cut
+    # the whole pool last given one class: that class keeps the cut, the others' are 0
     given = int(torch.mode(fixed.targets).values)
     learnt = ConsistencyPool(_patches(model), torch.full((24,), given))
     batch = draw(learnt)
     assert torch.equal(batch.weights > 0, batch.targets != given)
-    assert ConsistencyPool.start(_patches(model), TrainSettings()).status is None  # default
+    assert ConsistencyPool.start(_patches(model), TrainSettings(), model).status is None
 
 
 def test_data_parallel_shares_make_up_the_global_batch() -> None:
     torch.manual_seed(0)
     model = S2Fin(tiny_config(dropout=0.0))
     pool = _pool(model)
-    settings = TrainSettings(consistency=1.0, consistency_threshold=0.3, consistency_ramp=0.0)
+    settings = TrainSettings(consistency=1.0, consistency_threshold=0.05, consistency_ramp=0.0)
 
     def draw(share: torch.Tensor | None) -> UnlabelledBatch:
         with torch_threads(1):
@@ -237,24 +306,29 @@ def test_a_split_step_with_unlabelled_views_takes_the_whole_batch_step() -> None
 
 def test_a_run_with_consistency_is_deterministic_and_resumes_exactly(
         data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # the pool's learning status at the start of every epoch, as the loop hands it over
+    # the pool's learning status and teacher at the start of every epoch, as the loop hands
+    # them over
     statuses: list[torch.Tensor] = []
+    teachers: list[dict[str, torch.Tensor]] = []
 
     def recording_epoch(*args: object, **kwargs: object) -> object:
         pool = args[-1]
         if isinstance(pool, ConsistencyPool) and pool.status is not None:
             statuses.append(pool.status.clone())
+        if isinstance(pool, ConsistencyPool) and pool.teacher is not None:
+            teachers.append(pool.teacher.average.copy())
         return train_epoch(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(loop, "train_epoch", recording_epoch)
     settings = TrainSettings(epochs=3, batch_size=16, warmup_epochs=1, seed=2, min_steps=0,
-                             consistency=1.0, consistency_threshold=0.3,
+                             consistency=1.0, consistency_threshold=0.05,
                              consistency_adaptive=True)
     extra = {"settings": settings, "val_fraction": None, "per_class": 8}
     out = tmp_path / "resumed.s2fin"
     with torch_threads(1):
         full = run_training(tiny_request(data, tmp_path / "full.s2fin", **extra))
         full_statuses, statuses[:] = list(statuses), []
+        full_teachers, teachers[:] = list(teachers), []
         plain = run_training(tiny_request(
             data, tmp_path / "plain.s2fin", **{**extra, "settings": dataclasses.replace(
                 settings, consistency=0.0)}))
@@ -262,35 +336,44 @@ def test_a_run_with_consistency_is_deterministic_and_resumes_exactly(
             run_training(tiny_request(data, out, stop_after=2, **extra))
         assert checkpoint_path_for(out).exists()
         statuses.clear()
+        teachers.clear()
         resumed = run_training(tiny_request(data, out, resume=True, **extra))
     # the resumed third epoch starts from the status the full run had there (the checkpoint's)
     assert len(full_statuses) == 3 and len(statuses) == 1
     assert int((full_statuses[2] >= 0).sum()) > 0
     assert torch.equal(statuses[0], full_statuses[2])
+    # and from the full run's teacher there, not a copy of the resumed network
+    assert len(full_teachers) == 3 and len(teachers) == 1
+    assert all(torch.equal(teachers[0][k], full_teachers[2][k]) for k in full_teachers[2])
     a, b = load_model_file(full.output).state_dict, load_model_file(resumed.output).state_dict
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert full.bundle.metrics == resumed.bundle.metrics
     c = load_model_file(plain.output).state_dict
     assert not all(torch.equal(a[k], c[k]) for k in a)  # the unlabelled term did train
     recorded = full.bundle.provenance["settings"]
-    assert recorded["consistency"] == 1.0 and recorded["consistency_threshold"] == 0.3
+    assert recorded["consistency"] == 1.0 and recorded["consistency_threshold"] == 0.05
     assert np.isfinite([h["train_loss"] for h in full.history]).all()
     assert sum(h["unlabelled_confident"] for h in full.history) > 0
     assert "unlabelled_confident" not in plain.history[0]
     assert recorded["consistency_adaptive"] is True
 
 
-def test_the_checkpoint_keeps_the_pools_learning_status(data: dict[str, Path],
+def test_the_checkpoint_keeps_the_pools_learning_status_and_teacher(data: dict[str, Path],
                                                         tmp_path: Path) -> None:
     settings = TrainSettings(epochs=3, batch_size=16, warmup_epochs=1, seed=2, min_steps=0,
-                             consistency=1.0, consistency_threshold=0.3,
+                             consistency=1.0, consistency_threshold=0.05,
                              consistency_adaptive=True)
     out = tmp_path / "stopped.s2fin"
     with torch_threads(1), pytest.raises(TrainingStopped):
         run_training(tiny_request(data, out, stop_after=1, settings=settings,
                                   val_fraction=None, per_class=8))
-    status = load_checkpoint(checkpoint_path_for(out))["consistency_status"]
+    saved = load_checkpoint(checkpoint_path_for(out))
+    status = saved["consistency_status"]
     assert status.dtype == torch.int64 and int((status >= 0).sum()) > 0
+    # the teacher's averaged weights after the epoch's steps, not the network's
+    assert saved["teacher_steps"] > 0
+    assert set(saved["teacher"]) == set(saved["model"])
+    assert not all(torch.equal(saved["teacher"][k], saved["model"][k]) for k in saved["model"])
 
 
 def test_balance_caps_each_class_at_its_share_of_the_batch() -> None:
@@ -314,7 +397,7 @@ def test_an_empty_data_parallel_share_classifies_nothing_but_joins_the_counts() 
         summed.append(t)
         return t
 
-    pool = ConsistencyPool.start(_patches(model), settings)
+    pool = ConsistencyPool.start(_patches(model), settings, model)
     batch = unlabelled_batch(model, pool, 2, settings, torch.Generator().manual_seed(0),
                              1, 2, BatchWorkers(1, 1), torch.device("cpu"),
                              share=rank_share(torch.arange(2), 2, 4), global_sum=global_sum)
