@@ -138,8 +138,10 @@ def train(
         float, typer.Option("--consistency-threshold", help="How sure the network must be "
                             "of an unlabelled patch's class for it to train, as a fraction "
                             "(0..1) of the way from chance to its most confident output "
-                            "(0.8667: a probability of 0.80 with 11 classes, 0.89 with 2); "
-                            "with class thresholds, that of the class it gives most often.")
+                            f"({_D.consistency_threshold:g}: a probability of "
+                            f"{_D.confidence_cut(11):.2f} with 11 classes, "
+                            f"{_D.confidence_cut(2):.2f} with 2); with class thresholds, that "
+                            "of the class it gives most often.")
     ] = _D.consistency_threshold,
     class_thresholds: Annotated[
         bool, typer.Option("--class-thresholds/--one-threshold", help="Consistency training: "

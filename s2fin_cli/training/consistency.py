@@ -61,15 +61,16 @@ class Teacher:
     average: WeightAverage
 
     @classmethod
-    def start(cls, model: nn.Module, decay: float, state: dict[str, Tensor] | None = None,
-              steps: int = 0) -> Teacher:
-        """A teacher of ``model`` with its weights (or the checkpoint's ``state`` after
-        ``steps`` updates)."""
+    def start(cls, model: nn.Module, decay: float) -> Teacher:
+        """A teacher of ``model`` with its present weights."""
         network = copy.deepcopy(model).eval().requires_grad_(False)
-        if state:
-            network.load_state_dict(state)
         # the average's tensors are the copy's own weights, updated in place
-        return cls(network, WeightAverage(model, decay, network.state_dict(), steps))
+        return cls(network, WeightAverage(model, decay, network.state_dict()))
+
+    def restore(self, state: dict[str, Tensor], steps: int) -> None:
+        """The checkpoint's averaged weights ``state`` after ``steps`` updates."""
+        self.network.load_state_dict(state)  # copies into the average's tensors
+        self.average.steps = steps
 
     def update(self) -> None:
         """After an optimiser step: move the average towards the network's new weights."""

@@ -33,7 +33,7 @@ from s2fin_cli.distributed import LOCAL, DistContext, RunContext
 from s2fin_cli.errors import LabelError
 from s2fin_cli.training.averaging import WeightAverage, state_copy
 from s2fin_cli.training.checkpoint import Checkpoint, LoopState, save_checkpoint
-from s2fin_cli.training.consistency import ConsistencyPool, Teacher
+from s2fin_cli.training.consistency import ConsistencyPool
 from s2fin_cli.training.ddp import (
     check_ranks_in_sync,
     distributed_epoch,
@@ -105,8 +105,7 @@ def _start_pool(unlabelled: PatchSet, settings: TrainSettings, model: nn.Module,
         if pool.status is not None and resume.consistency_status is not None:
             pool.status.copy_(resume.consistency_status)
         if pool.teacher is not None and resume.teacher:
-            pool.teacher = Teacher.start(model, settings.consistency_teacher, resume.teacher,
-                                         resume.teacher_steps)
+            pool.teacher.restore(resume.teacher, resume.teacher_steps)
     return pool
 
 

@@ -105,7 +105,8 @@ def test_the_teacher_is_a_weight_average_updated_after_each_step() -> None:
             assert torch.allclose(value, d * start[name] + (1 - d) * now[name], atol=1e-6)
     assert teacher.average.steps == 1
     # a checkpoint's state and step count come back
-    again = Teacher.start(model, 0.99, teacher.average.copy(), teacher.average.steps)
+    again = Teacher.start(S2Fin(tiny_config()), 0.99)
+    again.restore(teacher.average.copy(), teacher.average.steps)
     assert all(torch.equal(a, b) for a, b in zip(again.network.state_dict().values(),
                                                   teacher.network.state_dict().values(),
                                                   strict=True))
