@@ -97,7 +97,7 @@ class TrainSettings:
     # default: on eo-learn (4 classes, one covering 76 %) AA fared better than with one
     # threshold at every N and OA rose more at N = 5 and 10; on urban and agricultural (11
     # classes each) and the sample scene both fell. On top of the teacher and the scaled cut
-    # urban and agricultural still lose 1-10 points (-2.38 OA over the benchmark's 45 runs;
+    # urban and agricultural still lose 0.8-10 points (-2.38 OA over the benchmark's 45 runs;
     # docs/network.md, "Consistency training on unlabelled pixels").
     consistency_adaptive: bool = False
     # Cap each class's unlabelled weight at its share of a class-balanced batch (1 / classes of
