@@ -8,7 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models import selective_scan
-from models.long_range import BiScanBlock, selective_scan_reference
+from models.long_range import (
+    BiScanBlock,
+    _chunked_scan,
+    _factored_chunked_scan,
+    _masked_chunked_scan,
+    selective_scan_reference,
+)
 
 
 def _random_scan_inputs(
@@ -54,6 +60,42 @@ def test_scan_is_causal_and_stable_for_huge_steps() -> None:
         assert t.grad[:, 21:].abs().max() == 0  # the future never influences the past
     with torch.inference_mode():
         assert torch.equal(selective_scan(x, dt, a.float(), b, c, chunk=16), y.detach())
+
+
+def _chunk_decays(dt: torch.Tensor, a: torch.Tensor, chunk: int) -> torch.Tensor:
+    return torch.cumsum((dt * a).view(dt.shape[0], -1, chunk, dt.shape[2]), dim=2)
+
+
+def test_factored_scan_equals_the_masked_scan_with_gradients() -> None:
+    # Steps as a trained network has them: every chunk decays by less than the floor.
+    x, dt, a, b, c = _random_scan_inputs(3, 64, 2, 5, 4, seed=3, dt_scale=0.3)
+    a_cum = _chunk_decays(dt, a, 16)
+    assert bool((a_cum[:, :, -1] > -30).all()) and float(a_cum[:, :, -1].min()) < -3
+    leaves = [t.clone().requires_grad_() for t in (x, dt, b, c)]
+    outputs, gradients = [], []
+    for scan in (_factored_chunked_scan, _masked_chunked_scan):
+        xg, dtg, bg, cg = leaves
+        y = scan(xg, dtg, _chunk_decays(dtg, a, 16), bg, cg, 16)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        outputs.append(y.detach())
+        gradients.append([t.grad.clone() for t in leaves if t.grad is not None])
+        for t in leaves:
+            t.grad = None
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-12, rtol=1e-12)
+    for factored, masked in zip(*gradients, strict=True):
+        torch.testing.assert_close(factored, masked, atol=1e-11, rtol=1e-11)
+    # The scan takes the factored form here, and the same bits without autograd.
+    assert torch.equal(_chunked_scan(x, dt, a, b, c, 16), outputs[0])
+    with torch.inference_mode():
+        assert torch.equal(_chunked_scan(x, dt, a, b, c, 16), outputs[0])
+
+
+def test_chunks_decaying_past_the_floor_take_the_masked_scan() -> None:
+    x, dt, a, b, c = _random_scan_inputs(1, 32, 2, 4, 5, seed=5, dt_scale=30.0)
+    a_cum = _chunk_decays(dt, a, 16)
+    assert not bool((a_cum[:, :, -1] > -30).all())
+    assert torch.equal(_chunked_scan(x, dt, a, b, c, 16),
+                       _masked_chunked_scan(x, dt, a_cum, b, c, 16))
 
 
 def test_bidirectional_block_sees_both_directions() -> None:
