@@ -29,6 +29,11 @@ from .spectral_ops import autocast_disabled
 # the undamped ones, so the result is unchanged.
 _DECAY_FLOOR = -30.0
 
+# Samples per piece of the long-range fusion during CPU inference. Measured (batch 128, one
+# thread, the whole forward in bfloat16, six alternating rounds in one process): pieces of 32
+# samples 1.02x (default network) and 1.07x (paper-sized) the whole batch at once, 64 alike.
+_CPU_INFERENCE_SAMPLES = 32
+
 
 def _decay(log_decay: Tensor) -> Tensor:
     """exp(log_decay) for log_decay <= 0, exactly 0 at and below the floor.
@@ -312,6 +317,19 @@ class LongRangeFusion(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, tokens: Tensor) -> Tensor:
+        if (
+            tokens.device.type == "cpu"
+            and not torch.is_grad_enabled()
+            and tokens.shape[0] > _CPU_INFERENCE_SAMPLES
+        ):
+            # Inference on the CPU, a few samples at a time: each piece's scan buffers stay in
+            # the core's cache from one pass to the next. Samples are independent, so the
+            # pieces give the whole batch's result.
+            pieces = torch.split(tokens, _CPU_INFERENCE_SAMPLES)
+            return torch.cat([self._fuse(piece) for piece in pieces])
+        return self._fuse(tokens)
+
+    def _fuse(self, tokens: Tensor) -> Tensor:
         for block in self.blocks:
             tokens = block(tokens)
         out: Tensor = self.norm(tokens)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 from models import selective_scan
 from models.long_range import (
     BiScanBlock,
+    LongRangeFusion,
     _chunked_scan,
     _factored_chunked_scan,
     _masked_chunked_scan,
@@ -106,3 +108,23 @@ def test_bidirectional_block_sees_both_directions() -> None:
     assert tokens.grad is not None
     grad = tokens.grad.abs().sum(-1)[0]
     assert grad[:15].sum() > 0 and grad[16:].sum() > 0
+
+
+def test_cpu_inference_in_pieces_equals_the_whole_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import models.long_range
+
+    torch.manual_seed(0)
+    fusion = LongRangeFusion(dim=8, depth=2, expand=1, state=4, heads=2, kernel=4, chunk=8,
+                             dropout=0.0).eval()
+    tokens = torch.randn(7, 30, 8)
+    with torch.inference_mode():
+        whole = fusion(tokens)
+        monkeypatch.setattr(models.long_range, "_CPU_INFERENCE_SAMPLES", 3)
+        sizes: list[int] = []
+        fuse = fusion._fuse
+        monkeypatch.setattr(fusion, "_fuse", lambda t: sizes.append(len(t)) or fuse(t))
+        pieces = fusion(tokens)
+    assert sizes == [3, 3, 1]
+    torch.testing.assert_close(pieces, whole, atol=1e-6, rtol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(fusion(tokens), whole, atol=1e-6, rtol=1e-6)
