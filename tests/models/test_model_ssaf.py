@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from models import ssaf
 from models.ssaf import attention
 
 
@@ -32,7 +35,10 @@ def test_cpu_inference_is_attention_to_float32_rounding(batch: int) -> None:
                                    atol=2e-6, rtol=1e-5)
 
 
-def test_cpu_inference_under_bfloat16_autocast_computes_in_float32() -> None:
+def test_cpu_inference_under_bfloat16_autocast_computes_in_float32_where_bfloat16_does_not_pay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ssaf, "bfloat16_products_pay", lambda: False)
     q, k, v = (t.bfloat16() for t in _qkv(5, 121, 121))
     # the bfloat16 inputs, exactly, in float64
     expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
@@ -61,17 +67,63 @@ def test_with_autograd_it_stays_scaled_dot_product_attention() -> None:
     assert q.grad is not None and torch.isfinite(q.grad).all()
 
 
-def test_only_cpu_inference_takes_the_chunked_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    from models import ssaf
+@pytest.mark.parametrize("batch", [1, 8, 37])  # one part, exactly one, a partial last part
+def test_bfloat16_products_under_bfloat16_autocast_where_they_pay(
+    monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    monkeypatch.setattr(ssaf, "bfloat16_products_pay", lambda: True)
+    q, k, v = (t.bfloat16() for t in _qkv(batch, 121, 121, seed=batch))
+    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention(q, k, v)
+    assert out.dtype == torch.bfloat16 and out.shape == expected.shape
+    assert out.transpose(1, 2).is_contiguous()
+    # bfloat16 products and probabilities: within a few bfloat16 roundings of the exact result
+    torch.testing.assert_close(out.double(), expected, atol=2e-2, rtol=2e-2)
+    # ... and no further from it than torch's own bfloat16 kernel is, by more than rounding
+    with torch.inference_mode():
+        torch_bf16 = F.scaled_dot_product_attention(q, k, v).double()
+    ours = (out.double() - expected).abs().max().item()
+    theirs = (torch_bf16 - expected).abs().max().item()
+    assert ours <= 4 * theirs + 1e-2
 
-    calls: list[int] = []
-    chunked = ssaf._cpu_inference_attention
 
-    def spy(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        calls.append(q.shape[0])
-        return chunked(q, k, v)
+@pytest.mark.parametrize(
+    ("features", "pays"),
+    [
+        ({"avx512_bf16": True, "amx_bf16": False}, True),  # AMD Zen 4
+        ({"avx512_bf16": True, "amx_bf16": True}, False),  # Intel Sapphire Rapids and later
+        ({"avx512_bf16": False, "amx_bf16": False}, False),  # emulated bfloat16
+        (None, False),  # a torch without the table
+    ],
+)
+def test_bfloat16_products_pay_by_cpu_features(
+    monkeypatch: pytest.MonkeyPatch, features: dict[str, bool] | None, pays: bool
+) -> None:
+    if features is None:
+        monkeypatch.delattr(torch._C._cpu, "_get_cpu_capability")
+    else:
+        monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: features)
+    assert ssaf.bfloat16_products_pay.__wrapped__() is pays
 
-    monkeypatch.setattr(ssaf, "_cpu_inference_attention", spy)
+
+@pytest.mark.parametrize("bf16_pays", [False, True])
+def test_only_cpu_inference_takes_the_chunked_paths(
+    monkeypatch: pytest.MonkeyPatch, bf16_pays: bool
+) -> None:
+    calls: list[tuple[str, int]] = []
+
+    def spy(name: str, kernel: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        def call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            calls.append((name, q.shape[0]))
+            return kernel(q, k, v)
+
+        return call
+
+    monkeypatch.setattr(ssaf, "bfloat16_products_pay", lambda: bf16_pays)
+    monkeypatch.setattr(ssaf, "_cpu_inference_attention",
+                        spy("float32", ssaf._cpu_inference_attention))
+    monkeypatch.setattr(ssaf, "_cpu_bf16_attention", spy("bfloat16", ssaf._cpu_bf16_attention))
     q, k, v = _qkv(2, 9, 9)
     attention(q, k, v)  # autograd on
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -83,4 +135,5 @@ def test_only_cpu_inference_takes_the_chunked_path(monkeypatch: pytest.MonkeyPat
             attention(q, k, v)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         attention(q, k, v)
-    assert calls == [2, 2, 2]
+    under_bf16 = "bfloat16" if bf16_pays else "float32"
+    assert calls == [("float32", 2), ("float32", 2), (under_bf16, 2)]
