@@ -137,3 +137,40 @@ def test_only_cpu_inference_takes_the_chunked_paths(
         attention(q, k, v)
     under_bf16 = "bfloat16" if bf16_pays else "float32"
     assert calls == [("float32", 2), ("float32", 2), (under_bf16, 2)]
+
+
+@pytest.mark.parametrize("min_normaliser", [0.0, float("inf")])  # only exp2, only the softmax
+def test_cpu_inference_both_forms_are_attention(
+    monkeypatch: pytest.MonkeyPatch, min_normaliser: float
+) -> None:
+    monkeypatch.setattr(ssaf, "_MIN_NORMALISER", min_normaliser)
+    q, k, v = _qkv(9, 121, 121, seed=3)
+    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    with torch.inference_mode():
+        out = attention(q, k, v)
+    torch.testing.assert_close(out.double(), expected, atol=2e-6, rtol=1e-5)
+
+
+def test_cpu_inference_recomputes_queries_whose_scores_lie_far_below_their_bound() -> None:
+    # Keys of large norm orthogonal to the query: |q|·max|k| overestimates every score by
+    # ~10^5 (binary orders), so exp2 of the shifted scores underflows to zero.
+    q = torch.zeros(5, 1, 3, 8, dtype=torch.float64)
+    k = torch.zeros(5, 1, 4, 8, dtype=torch.float64)
+    q[..., 0] = 1000.0
+    k[:, :, 0, 1] = 1000.0
+    k[:, :, 1:, 0] = torch.tensor([1.0, 2.0, -1.0], dtype=torch.float64)
+    v = torch.randn(5, 1, 4, 8, dtype=torch.float64)
+    expected = F.scaled_dot_product_attention(q, k, v)
+    with torch.inference_mode():
+        out = attention(q.float(), k.float(), v.float())
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_inference_with_heads_wider_than_the_padded_values() -> None:
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(3, 2, 30, 20, generator=g) for _ in range(3))  # 20-channel heads
+    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    with torch.inference_mode():
+        out = attention(q, k, v)
+    torch.testing.assert_close(out.double(), expected, atol=2e-6, rtol=1e-5)
