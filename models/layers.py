@@ -17,6 +17,16 @@ from torch import Tensor, nn
 
 from .config import STEM_NORMS
 
+
+def torch_cpu_features() -> dict[str, bool] | None:
+    """torch's table of this CPU's instruction-set features ("avx512_bf16", "amx_bf16", ...),
+    or None where torch has none (it is private API from torch 2.3 on, hence the guard). The
+    one place that reads it: SSAF's choice of attention kernel and s2fin's ``--bf16 auto``."""
+    table_fn = getattr(getattr(torch._C, "_cpu", None), "_get_cpu_capability", None)
+    table = table_fn() if callable(table_fn) else None
+    return table if isinstance(table, dict) else None
+
+
 _dropout_stream = threading.local()
 
 

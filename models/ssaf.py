@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import Dropout, center_crop
+from .layers import Dropout, center_crop, torch_cpu_features
 from .spectral_ops import autocast_disabled
 
 # Samples per step of the CPU inference attention: the scores of 4 samples x 4 heads x 121 x 121
@@ -72,9 +72,8 @@ def bfloat16_products_pay() -> bool:
     tokens, one thread): on AMD Zen 4 (AVX512-BF16) bfloat16 products 12.4 ms against 20.5 ms in
     float32; on an Intel Xeon with AMX float32 1.3-1.4x faster than the bfloat16 products;
     without either, bfloat16 is emulated. Read from torch's CPU feature table (no I/O)."""
-    table = getattr(getattr(torch._C, "_cpu", None), "_get_cpu_capability", None)
-    features = table() if callable(table) else None
-    if not isinstance(features, dict):
+    features = torch_cpu_features()
+    if features is None:
         return False
     return bool(features.get("avx512_bf16")) and not features.get("amx_bf16")
 

@@ -277,11 +277,11 @@ def cpu_bf16_support() -> CpuBf16:
     oneDNN emulates bfloat16 with float32 conversions, slower than float32 itself."""
     import torch
 
+    from models.layers import torch_cpu_features
+
     capability = str(torch.backends.cpu.get_cpu_capability())
-    # torch >= 2.3 exposes its cpuinfo table (private, hence the guard)
-    table_fn = getattr(getattr(torch._C, "_cpu", None), "_get_cpu_capability", None)
-    table = table_fn() if callable(table_fn) else None
-    if isinstance(table, dict):
+    table = torch_cpu_features()
+    if table is not None:
         found = {k for k in _BF16_FLAGS if table.get(k)}
     else:
         found = set(_BF16_FLAGS & _cpuinfo_flags())
