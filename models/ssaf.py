@@ -48,11 +48,12 @@ _CPU_BF16_ATTENTION_SAMPLES = 8
 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """softmax(q kᵀ / √d) v for q [B, h, n, d] and k, v [B, h, m, d] (any strides).
 
-    Scaled-dot-product attention, except for inference on the CPU, which computes the same a few
-    samples at a time (faster than torch's kernel with 8-channel heads, whose time goes outside
-    the products): under bfloat16 autocast on a CPU whose bfloat16 products pay
-    (:func:`bfloat16_products_pay`), :func:`_cpu_bf16_attention`; otherwise
-    :func:`_cpu_inference_attention` in float32 (measured in docs/network.md, "Speed").
+    Scaled-dot-product attention, except for inference on the CPU, which picks by CPU what ran
+    fastest there (measured in docs/network.md, "Speed"): under bfloat16 autocast on a CPU whose
+    bfloat16 products pay (:func:`bfloat16_products_pay`), :func:`_cpu_bf16_attention`;
+    otherwise float32, with :func:`_cpu_inference_attention` (a few samples at a time) where it
+    pays (:func:`exp2_attention_pays`) and torch's kernel (:func:`_cpu_float32_attention`)
+    elsewhere.
     """
     if q.device.type == "cpu" and not torch.is_grad_enabled():
         if (
@@ -61,7 +62,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             and bfloat16_products_pay()
         ):
             return _cpu_bf16_attention(q, k, v)
-        return _cpu_inference_attention(q, k, v)
+        if exp2_attention_pays():
+            return _cpu_inference_attention(q, k, v)
+        return _cpu_float32_attention(q, k, v)
     return F.scaled_dot_product_attention(q, k, v)
 
 
@@ -76,6 +79,27 @@ def bfloat16_products_pay() -> bool:
     if features is None:
         return False
     return bool(features.get("avx512_bf16")) and not features.get("amx_bf16")
+
+
+@functools.cache
+def exp2_attention_pays() -> bool:
+    """Whether :func:`_cpu_inference_attention` beats torch's float32 attention kernel on this
+    CPU: with AVX-512. Measured in the default network's float32 forward (batch 128, one
+    thread): on AMD Zen 4 (AVX-512) 1.11-1.15x the forward with torch's kernel; on an Intel Xeon
+    with AMX alike per call (18.4 against 18.3-19.0 ms); on an AVX2-only AMD EPYC torch's kernel
+    ran 1.17-1.25x faster per call (32.3-35.4 against 38.6-45.3 ms) and the forward 1.03x.
+    Read from torch's CPU feature table (no I/O)."""
+    features = torch_cpu_features()
+    return bool(features and features.get("avx512_f"))
+
+
+def _cpu_float32_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """torch's scaled-dot-product attention in float32 (float64 stays float64), autocast off:
+    under emulated bfloat16 autocast, float32 is the faster precision. torch's CPU kernel
+    returns [B, h, n, d] laid out token-major, like :func:`_cpu_inference_attention`."""
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    with autocast_disabled("cpu"):
+        return F.scaled_dot_product_attention(q.to(dtype), k.to(dtype), v.to(dtype))
 
 
 def _cpu_inference_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:

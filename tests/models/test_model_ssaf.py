@@ -20,8 +20,12 @@ def _qkv(batch: int, queries: int, keys: int, seed: int = 0) -> tuple[torch.Tens
     return q, k.transpose(1, 2), v.transpose(1, 2)
 
 
+@pytest.mark.parametrize("exp2_pays", [True, False])  # AVX-512, or torch's kernel
 @pytest.mark.parametrize("batch", [1, 2, 37])  # one part, exactly one, a partial last part
-def test_cpu_inference_is_attention_to_float32_rounding(batch: int) -> None:
+def test_cpu_inference_is_attention_to_float32_rounding(
+    monkeypatch: pytest.MonkeyPatch, batch: int, exp2_pays: bool
+) -> None:
+    monkeypatch.setattr(ssaf, "exp2_attention_pays", lambda: exp2_pays)
     q, k, v = _qkv(batch, 121, 50, seed=batch)
     expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
     with torch.inference_mode():
@@ -35,10 +39,12 @@ def test_cpu_inference_is_attention_to_float32_rounding(batch: int) -> None:
                                    atol=2e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("exp2_pays", [True, False])
 def test_cpu_inference_under_bfloat16_autocast_computes_in_float32_where_bfloat16_does_not_pay(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, exp2_pays: bool
 ) -> None:
     monkeypatch.setattr(ssaf, "bfloat16_products_pay", lambda: False)
+    monkeypatch.setattr(ssaf, "exp2_attention_pays", lambda: exp2_pays)
     q, k, v = (t.bfloat16() for t in _qkv(5, 121, 121))
     # the bfloat16 inputs, exactly, in float64
     expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
@@ -48,7 +54,9 @@ def test_cpu_inference_under_bfloat16_autocast_computes_in_float32_where_bfloat1
     torch.testing.assert_close(out.double(), expected, atol=2e-6, rtol=1e-5)
 
 
-def test_float64_stays_float64() -> None:
+@pytest.mark.parametrize("exp2_pays", [True, False])
+def test_float64_stays_float64(monkeypatch: pytest.MonkeyPatch, exp2_pays: bool) -> None:
+    monkeypatch.setattr(ssaf, "exp2_attention_pays", lambda: exp2_pays)
     q, k, v = (t.double() for t in _qkv(3, 9, 9))
     with torch.inference_mode():
         out = attention(q, k, v)
@@ -107,9 +115,29 @@ def test_bfloat16_products_pay_by_cpu_features(
     assert ssaf.bfloat16_products_pay.__wrapped__() is pays
 
 
+@pytest.mark.parametrize(
+    ("features", "pays"),
+    [
+        ({"avx512_f": True, "avx2": True}, True),  # AMD Zen 4, Intel Xeon
+        ({"avx512_f": False, "avx2": True}, False),  # AVX2-only x86
+        ({}, False),  # an aarch64 table
+        (None, False),  # a torch without the table
+    ],
+)
+def test_exp2_attention_pays_by_cpu_features(
+    monkeypatch: pytest.MonkeyPatch, features: dict[str, bool] | None, pays: bool
+) -> None:
+    if features is None:
+        monkeypatch.delattr(torch._C._cpu, "_get_cpu_capability")
+    else:
+        monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: features)
+    assert ssaf.exp2_attention_pays.__wrapped__() is pays
+
+
+@pytest.mark.parametrize("exp2_pays", [True, False])
 @pytest.mark.parametrize("bf16_pays", [False, True])
 def test_only_cpu_inference_takes_the_chunked_paths(
-    monkeypatch: pytest.MonkeyPatch, bf16_pays: bool
+    monkeypatch: pytest.MonkeyPatch, bf16_pays: bool, exp2_pays: bool
 ) -> None:
     calls: list[tuple[str, int]] = []
 
@@ -123,6 +151,9 @@ def test_only_cpu_inference_takes_the_chunked_paths(
     monkeypatch.setattr(ssaf, "bfloat16_products_pay", lambda: bf16_pays)
     monkeypatch.setattr(ssaf, "_cpu_inference_attention",
                         spy("float32", ssaf._cpu_inference_attention))
+    monkeypatch.setattr(ssaf, "_cpu_float32_attention",
+                        spy("torch float32", ssaf._cpu_float32_attention))
+    monkeypatch.setattr(ssaf, "exp2_attention_pays", lambda: exp2_pays)
     monkeypatch.setattr(ssaf, "_cpu_bf16_attention", spy("bfloat16", ssaf._cpu_bf16_attention))
     q, k, v = _qkv(2, 9, 9)
     attention(q, k, v)  # autograd on
@@ -135,8 +166,9 @@ def test_only_cpu_inference_takes_the_chunked_paths(
             attention(q, k, v)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         attention(q, k, v)
-    under_bf16 = "bfloat16" if bf16_pays else "float32"
-    assert calls == [("float32", 2), ("float32", 2), (under_bf16, 2)]
+    float32 = "float32" if exp2_pays else "torch float32"
+    under_bf16 = "bfloat16" if bf16_pays else float32
+    assert calls == [(float32, 2), (float32, 2), (under_bf16, 2)]
 
 
 @pytest.mark.parametrize("min_normaliser", [0.0, float("inf")])  # only exp2, only the softmax
