@@ -87,7 +87,7 @@ def exp2_attention_pays() -> bool:
     CPU: with AVX-512. Measured in the default network's float32 forward (batch 128, one
     thread): on AMD Zen 4 (AVX-512) 1.11-1.15x the forward with torch's kernel; on an Intel Xeon
     with AMX alike per call (18.4 against 18.3-19.0 ms); on an AVX2-only AMD EPYC torch's kernel
-    ran 1.17-1.25x faster per call (32.3-35.4 against 38.6-45.3 ms) and the forward 1.03x.
+    ran 1.17-1.28x faster per call (31.0-35.4 against 38.6-45.3 ms) and the forward 1.02-1.06x.
     Read from torch's CPU feature table (no I/O)."""
     features = torch_cpu_features()
     return bool(features and features.get("avx512_f"))

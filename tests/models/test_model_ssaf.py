@@ -96,6 +96,14 @@ def test_bfloat16_products_under_bfloat16_autocast_where_they_pay(
     assert ours <= 4 * theirs + 1e-2
 
 
+def _use_cpu_features(monkeypatch: pytest.MonkeyPatch, features: dict[str, bool] | None) -> None:
+    """torch's CPU feature table reads ``features`` (None: torch has no table)."""
+    if features is None:
+        monkeypatch.delattr(torch._C._cpu, "_get_cpu_capability")
+    else:
+        monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: features)
+
+
 @pytest.mark.parametrize(
     ("features", "pays"),
     [
@@ -108,10 +116,7 @@ def test_bfloat16_products_under_bfloat16_autocast_where_they_pay(
 def test_bfloat16_products_pay_by_cpu_features(
     monkeypatch: pytest.MonkeyPatch, features: dict[str, bool] | None, pays: bool
 ) -> None:
-    if features is None:
-        monkeypatch.delattr(torch._C._cpu, "_get_cpu_capability")
-    else:
-        monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: features)
+    _use_cpu_features(monkeypatch, features)
     assert ssaf.bfloat16_products_pay.__wrapped__() is pays
 
 
@@ -127,10 +132,7 @@ def test_bfloat16_products_pay_by_cpu_features(
 def test_exp2_attention_pays_by_cpu_features(
     monkeypatch: pytest.MonkeyPatch, features: dict[str, bool] | None, pays: bool
 ) -> None:
-    if features is None:
-        monkeypatch.delattr(torch._C._cpu, "_get_cpu_capability")
-    else:
-        monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: features)
+    _use_cpu_features(monkeypatch, features)
     assert ssaf.exp2_attention_pays.__wrapped__() is pays
 
 
