@@ -17,14 +17,15 @@ bands + 2 LiDAR bands, 11 classes) with a model made by `s2fin train --epochs 1`
 - peak: this machine's all-core float32 matmul rate (a 2048^3 sgemm with all allowed threads,
   measured in the same run; TF32 off on CUDA), and utilisation = MFLOP/px x px/s / peak;
 - train steps/s: a loop of the CLI's training step (`training_step`: forward, label-smoothed
-  cross-entropy, backward, gradient clipping, AdamW; TrainSettings' defaults, batch 32) on random
-  patches, in train mode, with the CLI's threads, the batch split over the CLI's batch workers:
-  the network's training speed without data loading and augmentation (`s2fin train --json`
-  reports no per-epoch time) and without consistency training (`s2fin train --consistency
-  0`); beside it, the whole batch on all threads (how training ran before the split), measured
-  in the same run; and the step `s2fin train` runs by default, with consistency training's
-  unlabelled batch (as many unlabelled patches as labels: the teacher's forward of their weak
-  views, then forward and backward of the doubled batch, then the teacher's update).
+  cross-entropy, backward, gradient clipping, the CLI's AdamW; TrainSettings' defaults, batch
+  32) on random patches, in train mode, with the CLI's threads, the batch split over the CLI's
+  batch workers: the network's training speed without data loading and augmentation (`s2fin
+  train --json` reports no per-epoch time) and without consistency training (`s2fin train
+  --consistency 0`); beside it, the whole batch on all threads (how training ran before the
+  split), measured in the same run; and the step `s2fin train` runs by default, with
+  consistency training's unlabelled batch (as many unlabelled patches as labels: the teacher's
+  forward of their weak views, then forward and backward of the doubled batch, then the
+  teacher's update).
 
     python3 bench/bench_speed.py                          # CPU, 96 x 96 scene
     python3 bench/bench_speed.py --device cuda --size 512 --json out.json
@@ -81,7 +82,7 @@ from s2fin_cli.inference import DEFAULT_BATCH_SIZE, DEFAULT_CPU_BATCH_SIZE  # no
 from s2fin_cli.model_file import load_model_file  # noqa: E402
 from s2fin_cli.training import TrainSettings  # noqa: E402
 from s2fin_cli.training.consistency import ConsistencyPool, unlabelled_batch  # noqa: E402
-from s2fin_cli.training.steps import dropout_seeds, training_step  # noqa: E402
+from s2fin_cli.training.steps import dropout_seeds, make_optimizer, training_step  # noqa: E402
 from s2fin_cli.training_data import PatchSet  # noqa: E402
 
 NETWORKS: dict[str, list[str]] = {
@@ -138,10 +139,11 @@ def train_rate(model: S2Fin, device: torch.device, repeats: int,
                workers: BatchWorkers, *, consistency: bool = False) -> float:
     """Steps/s of the CLI's training step (:func:`s2fin_cli.training.steps.training_step`)
     without data loading: forward, label-smoothed cross-entropy, backward, gradient clipping,
-    AdamW, with TrainSettings' defaults (batch 32), the batch split over ``workers``; with
-    ``consistency`` also consistency training's unlabelled batch (weak views classified by
-    the teacher, strong views trained at full weight, the teacher updated): the step `s2fin
-    train` runs by default; without, the step of `s2fin train --consistency 0`."""
+    the CLI's AdamW (:func:`make_optimizer`), with TrainSettings' defaults (batch 32), the
+    batch split over ``workers``; with ``consistency`` also consistency training's unlabelled
+    batch (weak views classified by the teacher, strong views trained at full weight, the
+    teacher updated): the step `s2fin train` runs by default; without, the step of `s2fin
+    train --consistency 0`."""
     settings = dataclasses.replace(TrainSettings(), consistency=0.0)
     batch = settings.batch_size
     pool = None
@@ -152,7 +154,7 @@ def train_rate(model: S2Fin, device: torch.device, repeats: int,
                                      settings, model)
     model = model.train()
     parameters = list(model.parameters())
-    optimiser = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+    optimiser = make_optimizer(parameters, settings, device)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     spectral, spatial, active = random_inputs(model, batch, device, seed=1)
     labels = torch.randint(0, model.config.num_classes, (batch,), device=device)

@@ -46,6 +46,7 @@ from s2fin_cli.training.steps import (
     Schedule,
     epoch_seed,
     evaluate_patch_set,
+    make_optimizer,
     train_epoch,
 )
 from s2fin_cli.training_data import PatchSet, epoch_batches
@@ -194,8 +195,7 @@ def fit(
     settings.validate()
     if len(train) == 0:
         raise LabelError("no training sample left")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr,
-                                  weight_decay=settings.weight_decay)
+    optimizer = make_optimizer(model.parameters(), settings, device)
     steps_per_epoch, epochs = planned_schedule(len(train), train.class_count, settings,
                                                ctx.world_size)
     total_steps = epochs * steps_per_epoch

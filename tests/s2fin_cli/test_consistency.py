@@ -36,7 +36,7 @@ from s2fin_cli.training.consistency import (
     unlabelled_batch,
     unlabelled_loss,
 )
-from s2fin_cli.training.steps import dropout_seeds, train_epoch, training_step
+from s2fin_cli.training.steps import dropout_seeds, make_optimizer, train_epoch, training_step
 from s2fin_cli.training_data import PatchSet, augment, augment_choices, rank_share
 from tests.helpers import make_training_data, tiny_config, tiny_request, torch_threads
 
@@ -288,7 +288,7 @@ def _step_with_unlabelled(workers: BatchWorkers) -> tuple[float, torch.Tensor,
     settings = TrainSettings(consistency=1.0, consistency_threshold=0.0, consistency_ramp=0.0)
     extra = unlabelled_batch(model, pool, 6, settings, g, 0, 10, workers, torch.device("cpu"))
     parameters = list(model.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = make_optimizer(parameters, settings, torch.device("cpu"))
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     loss, logits = training_step(model, spectral, spatial, active, target, settings, optimizer,
                                  scaler, parameters, workers, dropout_seeds(0, 0, 0), extra)

@@ -27,7 +27,7 @@ from s2fin_cli.training import (
     parse_ablate,
     run_training,
 )
-from s2fin_cli.training.steps import dropout_seeds, split_batch, training_step
+from s2fin_cli.training.steps import dropout_seeds, make_optimizer, split_batch, training_step
 from s2fin_cli.training_data import augment, epoch_batches, extract_patch_set
 from tests.helpers import (
     make_training_data,
@@ -187,7 +187,7 @@ def _one_step(workers: BatchWorkers, dropout: float, parts_seed: int = 0
     target = torch.randint(0, cfg.num_classes, (7,), generator=g)
     settings = TrainSettings()
     parameters = list(model.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = make_optimizer(parameters, settings, torch.device("cpu"))
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     torch.manual_seed(123)  # the loop seeds the global generator per epoch
     loss, logits = training_step(model, spectral, spatial, active, target, settings, optimizer,
@@ -211,6 +211,37 @@ def test_a_batch_split_over_workers_takes_the_whole_batch_step() -> None:
 def _fresh_parameters() -> list[torch.Tensor]:
     torch.manual_seed(0)
     return [t.detach() for t in S2Fin(tiny_config(dropout=0.0)).parameters()]
+
+
+def test_training_uses_fused_adamw_on_the_cpu() -> None:
+    parameters = list(torch.nn.Linear(3, 2).parameters())
+    optimizer = make_optimizer(parameters, TrainSettings(), torch.device("cpu"))
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.defaults["fused"] is True
+    assert optimizer.defaults["lr"] == TrainSettings().lr
+    assert optimizer.defaults["weight_decay"] == TrainSettings().weight_decay
+
+
+def test_a_split_step_lays_each_gradient_out_like_its_parameter() -> None:
+    # autograd.grad gives convolution weights channels-last gradients; a fused optimiser given
+    # one of a contiguous weight mixes up its elements' updates.
+    torch.manual_seed(0)
+    model = S2Fin(tiny_config(dropout=0.0)).train()
+    cfg = model.config
+    p, s = cfg.patch_size, cfg.spectral_window
+    settings = TrainSettings()
+    parameters = list(model.parameters())
+    optimizer = make_optimizer(parameters, settings, torch.device("cpu"))
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    with torch_threads(1):
+        training_step(model, torch.randn(6, cfg.bands, s, s),
+                      torch.randn(6, cfg.reduced_bands, p, p),
+                      torch.randn(6, cfg.active_bands, p, p),
+                      torch.randint(0, cfg.num_classes, (6,)), settings, optimizer, scaler,
+                      parameters, BatchWorkers(2, 1), dropout_seeds(0, 0, 0))
+    with_grad = [t for t in parameters if t.grad is not None]
+    assert any(t.dim() == 4 for t in with_grad)  # convolution weights are among them
+    assert all(t.grad.stride() == t.stride() for t in with_grad)
 
 
 def test_a_split_step_with_dropout_is_deterministic_and_seeded_per_part() -> None:
