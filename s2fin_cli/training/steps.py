@@ -127,8 +127,8 @@ class EpochStats:
 
 # Devices on which AdamW runs its fused kernel: one pass over each parameter tensor instead of a
 # dozen elementwise ops per tensor. The default network's 123 tensors on AMD Zen 4, one thread:
-# 0.63 against 3.62 ms per step, the weights within 3e-8 of the per-tensor form's after three
-# steps (docs/network.md, "Training step overheads").
+# 0.63-0.92 against 3.29-3.62 ms per step, the weights within 2.6e-8 of the per-tensor form's
+# after three steps (docs/network.md, "Training step overheads").
 _FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")
 
 
